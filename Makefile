@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-slow lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ lint: install
 	$(PY) -m ruff format --check .
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+# The shipped organism's science checks (minutes); run before landing a new organism.
+test-slow: install
+	$(PY) -m pytest -m slow
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

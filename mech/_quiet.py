@@ -48,7 +48,11 @@ def hooked_transformer(
     tokenizer: PreTrainedTokenizerBase | None = None,
     **kwargs: object,
 ) -> HookedTransformer:
-    """Construct a `HookedTransformer` from a config without the deprecation warning.
+    """Construct a `HookedTransformer` from a config, quietly, with exactly the tokenizer given.
+
+    TransformerLens's own `set_tokenizer` swaps in a copy reloaded through `AutoTokenizer` by
+    name, which maps a model type (e.g. gemma2) to that model's tokenizer class and so can
+    silently change a local word-level tokenizer; we attach the given one as it is.
 
     >>> model = hooked_transformer(dict(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu"))
     >>> model.cfg.n_layers
@@ -56,5 +60,13 @@ def hooked_transformer(
     """
     if isinstance(cfg, dict):
         cfg = HookedTransformerConfig(**cfg)
+    tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None  # no loading by name here
     with quiet_deprecation():
-        return HookedTransformer(cfg, tokenizer, **kwargs)
+        model = HookedTransformer(cfg, None, **kwargs)
+    model.cfg.tokenizer_name = tokenizer_name
+    if tokenizer is not None:
+        if tokenizer.padding_side is None:
+            tokenizer.padding_side = "right"
+        model.tokenizer = tokenizer
+        model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
+    return model

@@ -171,6 +171,20 @@ def _load_official(
         ) from err
 
 
+def _load_toy(
+    name: str, path: Path, adapter: Path | None, flags: LoadingFlags, device: str | None, dtype: torch.dtype
+) -> HookedTransformer:
+    from mech.toy.checkpoint import DEFAULT_NAME, load_organism
+
+    if adapter is not None:
+        raise ValueError("the toy organism takes no PEFT adapter; train adapters on it with mech.train")
+    if flags != LoadingFlags():
+        raise ValueError("the toy organism is stored unprocessed; load it with the default LoadingFlags()")
+    if (path / "organism.json").is_file():
+        return load_organism(path, device=device, dtype=dtype)
+    return load_organism(name.partition(":")[2] or DEFAULT_NAME, device=device, dtype=dtype)
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -184,7 +198,8 @@ def load_model(
 
     Args:
         name_or_path: a TransformerLens official name (from the local HF cache when offline), a
-            local Hugging Face checkpoint directory (converted without the hub), or "toy".
+            local Hugging Face checkpoint directory (converted without the hub), "toy" (the shipped
+            organism), "toy:NAME" (a shipped variant) or an organism directory.
         adapter: a PEFT LoRA adapter directory, merged into the base weights before conversion.
         device, dtype: where and in which precision the model lives.
         flags: TransformerLens processing (default none; see the module docstring).
@@ -201,13 +216,11 @@ def load_model(
     if adapter_path is not None and not adapter_path.is_dir():
         raise ValueError(f"adapter {adapter}: no such directory")
     name = str(name_or_path)
-    if name == TOY_NAME:
-        raise ValueError(
-            "the embedded toy organism is not shipped in this version yet; "
-            "pass an official name or a local checkpoint directory"
-        )
     path = Path(name).expanduser()
-    if path.exists():
+    if name == TOY_NAME or name.startswith(f"{TOY_NAME}:") or (path / "organism.json").is_file():
+        model = _load_toy(name, path, adapter_path, flags, device, dtype)
+        name = str(path.resolve()) if (path / "organism.json").is_file() else name
+    elif path.exists():
         if not path.is_dir():
             raise ValueError(f"{path}: a model path must be a checkpoint directory, not a file")
         path = path.resolve()
