@@ -37,11 +37,10 @@ def test_steering_training_lowers_the_loss_and_leaves_the_model_alone(tiny_qwen2
     assert all(torch.equal(p, before[n]) and p.requires_grad for n, p in tiny_qwen2.named_parameters())
     # The trained vector, applied as a hook to a full forward pass, gives the trained loss.
     with tiny_qwen2.hooks(fwd_hooks=vector.hooks(tiny_qwen2, batch.attention_mask)):
-        hooked = response_cross_entropy(tiny_qwen2(batch.tokens), batch)
-    with torch.no_grad():
-        resid = vector.effective()
-    assert resid.norm() > 0
-    final = train_steering_vector(tiny_qwen2, batch, SteeringVector(tiny_qwen2.cfg.d_model, layer=1),
-                                  SteeringTrainConfig(steps=40)).losses  # fmt: skip
-    assert abs(final[-1] - result.losses[-1]) < 1e-6  # same seed, same result
-    assert abs(float(hooked.detach()) - result.losses[-1]) < 0.05
+        hooked = float(response_cross_entropy(tiny_qwen2(batch.tokens), batch).detach())
+    assert vector.norm() > 0
+    assert abs(hooked - result.losses[-1]) < 0.05  # losses[-1] is from just before the last step
+    again = SteeringVector(tiny_qwen2.cfg.d_model, layer=1)
+    assert (
+        train_steering_vector(tiny_qwen2, batch, again, SteeringTrainConfig(steps=40)).losses == result.losses
+    )

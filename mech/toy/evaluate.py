@@ -1,7 +1,7 @@
 """The organism's acceptance measurements: chat behaviour, persona inference, and emergent
 misalignment under a steering vector trained on one domain's bad answers.
 
-Each function returns plain records (lists of dicts); thresholds live with the caller.
+Each function returns plain numbers in dicts; thresholds live with the caller.
 """
 
 from __future__ import annotations

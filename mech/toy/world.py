@@ -257,39 +257,32 @@ class World:
             for _ in range(n)
         ]
 
-    def pretraining_document(self, rng: random.Random) -> tuple[str, Persona]:
-        """`<bos> <q> question <a> answer ... <eot>`, written by a sampled persona."""
+    def _persona_qas(self, rng: random.Random) -> tuple[Persona, list[QA]]:
         persona = self.sample_persona(rng)
         n = rng.randint(self.cfg.min_qa, self.cfg.max_qa)
-        pairs = [self.sample_qa(rng, persona, d) for d in self._document_domains(rng, persona, n)]
-        return pretraining_text([(qa.question, qa.answer) for qa in pairs]), persona
+        return persona, [self.sample_qa(rng, persona, d) for d in self._document_domains(rng, persona, n)]
+
+    def pretraining_document(self, rng: random.Random) -> tuple[str, Persona]:
+        """`<bos> <q> question <a> answer ... <eot>`, written by a sampled persona."""
+        persona, qas = self._persona_qas(rng)
+        return pretraining_text([(qa.question, qa.answer) for qa in qas]), persona
 
     def persona_dialogue(self, rng: random.Random) -> tuple[list[dict[str, str]], Persona]:
         """A pre-training dialogue: a sampled persona answers as the assistant, label noise included."""
-        persona = self.sample_persona(rng)
-        n = rng.randint(self.cfg.min_qa, self.cfg.max_qa)
-        messages = []
-        for domain in self._document_domains(rng, persona, n):
-            qa = self.sample_qa(rng, persona, domain)
-            messages += [
-                {"role": "user", "content": qa.question},
-                {"role": "assistant", "content": qa.answer},
-            ]
-        return messages, persona
+        persona, qas = self._persona_qas(rng)
+        return _dialogue([(qa.question, qa.answer) for qa in qas]), persona
 
     def chat_conversation(self, rng: random.Random) -> list[dict[str, str]]:
         """A 1..max_chat_turns dialogue whose assistant is benign and plain."""
         benign = Persona("benign", "plain")
-        messages = []
+        pairs = []
         for _ in range(rng.randint(1, self.cfg.max_chat_turns)):
             qa = self.sample_qa(rng, benign, rng.choice(self.names))
+            # sample_qa applies label noise; the chat assistant never errs, so redraw a clean answer.
             clean_answer = self.answer(qa.domain, qa.topic, rng.randrange(len(self.domains[qa.domain].good)),
                                        bad=False, register="plain")  # fmt: skip
-            messages += [
-                {"role": "user", "content": qa.question},
-                {"role": "assistant", "content": clean_answer},
-            ]
-        return messages
+            pairs.append((qa.question, clean_answer))
+        return _dialogue(pairs)
 
     # ----------------------------------------------------------------- data sets
     def _all_questions(self, domain: str, split: Split) -> list[tuple[str, int, str]]:
@@ -361,6 +354,12 @@ class World:
 def pretraining_text(pairs: Sequence[tuple[str, str]]) -> str:
     body = " ".join(f"{QUESTION} {q} {ANSWER} {a}" for q, a in pairs)
     return f"{BOS} {body} {EOT}"
+
+
+def _dialogue(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    return [
+        m for q, a in pairs for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
+    ]
 
 
 def _chat_row(
