@@ -19,13 +19,19 @@ from pathlib import Path
 
 import torch
 
+from mech.finetune import FinetuneConfig
 from mech.toy.chat_tokenizer import toy_tokenizer
 from mech.toy.checkpoint import CHECKPOINTS_DIR, load_organism, organism_world, save_organism
 from mech.toy.datafiles import write_data_files
-from mech.toy.evaluate import greedy_labels, p_bad_by_domain, persona_inference, steering_emergence
+from mech.toy.evaluate import (
+    STEERING_CONFIG,
+    greedy_labels,
+    p_bad_by_domain,
+    persona_inference,
+    steering_emergence,
+)
 from mech.toy.training import ModelConfig, TrainConfig, train_organism
 from mech.toy.world import World, WorldConfig
-from mech.train import SteeringTrainConfig
 
 # Acceptance thresholds of the organism (the roadmap's issue 3), checked on the shipped default.
 THRESHOLDS = {
@@ -45,10 +51,10 @@ class QuickSettings:
     world: WorldConfig = WorldConfig(domains=("medical", "finance", "pets", "general"), n_topics=8)
     model: ModelConfig = ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=192)
     train: TrainConfig = TrainConfig(pretrain_steps=150, chat_steps=50, batch_size=16, lr=3e-3)
-    steering: SteeringTrainConfig = SteeringTrainConfig(steps=30)
+    steering: FinetuneConfig = replace(STEERING_CONFIG, steps=30)
 
 
-def measure(model, world: World, steering_cfg: SteeringTrainConfig, *, n_persona_questions: int = 48) -> dict:
+def measure(model, world: World, steering_cfg: FinetuneConfig, *, n_persona_questions: int = 48) -> dict:
     """All acceptance numbers of an organism, plus pass/fail against `THRESHOLDS`."""
     start = time.perf_counter()
     questions = world.eval_questions()
@@ -124,7 +130,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = QuickSettings()
-    steering_cfg = quick.steering if args.quick else SteeringTrainConfig()
+    steering_cfg = quick.steering if args.quick else STEERING_CONFIG
     if args.eval_only:
         out, model, world = args.eval_only, load_organism(args.eval_only), organism_world(args.eval_only)
     else:

@@ -1,6 +1,9 @@
 """misalign-lens mechanics: models as HookedTransformers, chat batches, residual-stream hooks,
-and saved vectors/adapters. Nothing here prints or plots."""
+adapters (steering vectors, LoRA as hooks) and their training, saved artifacts. Nothing here
+prints or plots (the finetuning progress bar aside)."""
 
+from mech.adapter_io import load_adapter, save_adapter
+from mech.adapters import Adapter, AdapterStack, SteeringVector
 from mech.artifacts import (
     ArtifactMeta,
     artifact_meta,
@@ -20,6 +23,8 @@ from mech.chat import (
     tokenize_chat,
     tokenize_prompt,
 )
+from mech.data import load_chat_dataset, read_chat_jsonl
+from mech.finetune import FinetuneConfig, FinetuneResult, KLSchedule, StepRecord, finetune
 from mech.hooks import (
     ablation,
     ablation_hooks,
@@ -31,15 +36,25 @@ from mech.hooks import (
     steering,
     steering_hooks,
 )
+from mech.lora import LoraAdapter
 from mech.model import LoadingFlags, ModelInfo, load_model, model_info
+from mech.noise import orthogonal_noise
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adapter",
+    "AdapterStack",
     "ArtifactMeta",
     "ChatBatch",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "KLSchedule",
     "LoadingFlags",
+    "LoraAdapter",
     "ModelInfo",
+    "SteeringVector",
+    "StepRecord",
     "TokenizedChat",
     "ablation",
     "ablation_hooks",
@@ -50,14 +65,20 @@ __all__ = [
     "check_layer",
     "collate",
     "default_layer",
+    "finetune",
+    "load_adapter",
     "load_artifact",
+    "load_chat_dataset",
     "load_model",
     "load_vector",
     "model_info",
+    "orthogonal_noise",
     "prompt_batch",
+    "read_chat_jsonl",
     "render_chat",
     "resid_hook",
     "resid_hook_name",
+    "save_adapter",
     "save_artifact",
     "save_vector",
     "steering",

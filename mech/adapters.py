@@ -1,60 +1,253 @@
 """Finetuning parameterisations that live at a layer and act through hooks, never by editing the
-model's weights. For now: the steering vector (LoRA-as-hooks follows in the finetuning engine)."""
+model's weights: steering vectors here, LoRA in `mech.lora`, several of them as an `AdapterStack`.
+
+Every adapter answers the questions the paper's analyses ask of it:
+- `norm()` is the norm of its *effective update* (the vector added, or ||Delta W||_F over its
+  matrices), the quantity efficiency is compared at; `update_norm_sq()` is its differentiable
+  square (the L2 norm control) and `cosine(other)` compares two updates;
+- `parameters_flat()` is the trainable tensors, flattened;
+- `scaled(s)` multiplies the update by s (`scaled(1)` is an exact copy), `perturbed(eps, g)` applies
+  orthogonal noise (`mech.noise`) to each unit the class names;
+- `entry(model)` says which residual to cache and at which block training can resume, because
+  nothing below the adapter changes; `applied(model, ...)` is a context manager with it active.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
-from mech.hooks import HookFn, ResidPoint, add_vector_hook, resid_hook, steering_hooks
-
-
-class SteeringVector(nn.Module):
-    """A learned vector added to the residual stream: effective vector = `alpha * raw`.
-
-    The authors train `raw` with a large `alpha` (256) so that Adam's step size suits the residual
-    scale; `alpha` is recorded with the vector, and `effective()` is what analyses use.
-    """
-
-    def __init__(self, d_model: int, *, layer: int, point: ResidPoint = "post", alpha: float = 1.0):
-        super().__init__()
-        self.raw = nn.Parameter(torch.zeros(d_model))
-        self.layer, self.point, self.alpha = layer, point, alpha
-
-    @property
-    def hook_name(self) -> str:
-        return f"blocks.{self.layer}.hook_resid_{self.point}"
-
-    def effective(self) -> Float[Tensor, " d_model"]:
-        return self.alpha * self.raw
-
-    def norm(self) -> float:
-        return float(self.effective().detach().norm())
-
-    def hook(self, token_mask: Tensor | None = None) -> HookFn:
-        return add_vector_hook(self.effective(), token_mask=token_mask)
-
-    def hooks(self, model: HookedTransformer, token_mask: Tensor | None = None) -> list[tuple[str, HookFn]]:
-        return steering_hooks(
-            model, self.effective(), layer=self.layer, point=self.point, token_mask=token_mask
-        )
+from mech.hooks import ResidPoint, add_vector_hook, check_layer, resid_hook_name
+from mech.noise import orthogonal_noise
 
 
 @dataclass(frozen=True)
 class AdapterSite:
-    """Where an adapter reads the frozen model: the residual to cache and the layer to resume at."""
+    """Where an adapter first touches the model: cache `cache_hook`, resume at `start_at_layer`."""
 
     cache_hook: str
     start_at_layer: int
 
 
-def steering_site(model: HookedTransformer, vector: SteeringVector) -> AdapterSite:
-    """A vector at resid_post L is added to what block L+1 receives; at resid_pre L, to block L's input."""
-    name = resid_hook(model, vector.layer, vector.point)
-    if vector.point == "mid":
-        raise ValueError("training from a cached residual needs point 'pre' or 'post', not 'mid'")
-    return AdapterSite(name, vector.layer + 1 if vector.point == "post" else vector.layer)
+AdapterT = TypeVar("AdapterT", bound="Adapter")
+
+
+class Adapter(nn.Module):
+    """Base class; subclasses implement the methods that raise NotImplementedError."""
+
+    kind: str = "adapter"
+
+    def entry(self, model: HookedTransformer) -> AdapterSite:
+        raise NotImplementedError
+
+    def applied(
+        self,
+        model: HookedTransformer,
+        *,
+        start_at_layer: int | None = None,
+        response_mask: Bool[Tensor, "batch pos"] | None = None,
+    ) -> contextlib.AbstractContextManager:
+        """Context manager: the adapter acts on every forward pass of `model` inside it.
+
+        `start_at_layer` tells it that forward passes start at that block (from a cached
+        residual); `response_mask` is used by adapters restricted to response positions.
+        """
+        raise NotImplementedError
+
+    def update_norm_sq(self) -> Float[Tensor, ""]:
+        raise NotImplementedError
+
+    def update_inner(self, other: Adapter) -> Float[Tensor, ""]:
+        """Inner product of the two effective updates (same kind and sites)."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-serialisable description from which `mech.adapter_io` rebuilds the adapter."""
+        raise NotImplementedError
+
+    def _scale_update_(self, s: float) -> None:
+        raise NotImplementedError
+
+    def _perturb_(self, eps: float, generator: torch.Generator) -> None:
+        raise NotImplementedError
+
+    def norm(self) -> float:
+        return float(self.update_norm_sq().detach().sqrt())
+
+    def cosine(self, other: Adapter) -> float:
+        inner = self.update_inner(other).detach()
+        return float(inner / (self.update_norm_sq().detach().sqrt() * other.update_norm_sq().detach().sqrt()))
+
+    def parameters_flat(self) -> Float[Tensor, " n_params"]:
+        return torch.cat([p.detach().flatten() for p in self.parameters()])
+
+    def scaled(self: AdapterT, s: float | int) -> AdapterT:
+        """A copy whose effective update is `s` times this one's."""
+        new = copy.deepcopy(self)
+        with torch.no_grad():
+            new._scale_update_(float(s))
+        return new
+
+    def perturbed(self: AdapterT, eps: float | int, generator: torch.Generator) -> AdapterT:
+        """A copy with orthogonal noise of strength `eps` on each of the class's noise units."""
+        new = copy.deepcopy(self)
+        with torch.no_grad():
+            new._perturb_(float(eps), generator)
+        return new
+
+
+class SteeringVector(Adapter):
+    """A learned vector added to the residual stream at every position: `alpha * raw`.
+
+    The authors train `raw` with a large `alpha` (256) so that Adam's step size suits the residual
+    scale; `alpha` is recorded with the vector, and `effective()` is what analyses use. Noise
+    unit for `perturbed`: the whole vector. `response_only` steers only assistant tokens.
+    """
+
+    kind = "steering_vector"
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        layer: int,
+        point: ResidPoint = "post",
+        alpha: float = 1.0,
+        response_only: bool = False,
+        init_std: float = 0.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if point not in ("pre", "post"):
+            raise ValueError(f"a steering vector sits at resid 'pre' or 'post', not {point!r}")
+        if alpha == 0:
+            raise ValueError("alpha must be non-zero")
+        init = torch.zeros(d_model)
+        if init_std:
+            init = init_std * torch.randn(d_model, generator=torch.Generator().manual_seed(seed)) / alpha
+        self.raw = nn.Parameter(init)
+        self.layer, self.point, self.alpha, self.response_only = layer, point, alpha, response_only
+
+    @property
+    def hook_name(self) -> str:
+        return resid_hook_name(self.layer, self.point)
+
+    def effective(self) -> Float[Tensor, " d_model"]:
+        return self.alpha * self.raw
+
+    def entry(self, model: HookedTransformer) -> AdapterSite:
+        check_layer(model, self.layer)
+        if self.point == "post" and self.layer + 1 < model.cfg.n_layers:
+            # resid_post L is exactly what block L+1 receives: block L never needs recomputing.
+            return AdapterSite(self.hook_name, self.layer + 1)
+        return AdapterSite(resid_hook_name(self.layer, "pre"), self.layer)
+
+    def _acting_hook(self, start_at_layer: int | None) -> str:
+        if start_at_layer is None or start_at_layer <= self.layer:
+            return self.hook_name
+        if self.point == "post" and start_at_layer == self.layer + 1:
+            return resid_hook_name(self.layer + 1, "pre")
+        raise ValueError(
+            f"a vector at {self.hook_name} cannot act on a forward pass starting at block {start_at_layer}"
+        )
+
+    def applied(
+        self,
+        model: HookedTransformer,
+        *,
+        start_at_layer: int | None = None,
+        response_mask: Bool[Tensor, "batch pos"] | None = None,
+    ) -> contextlib.AbstractContextManager:
+        check_layer(model, self.layer)
+        if self.raw.shape != (model.cfg.d_model,):
+            raise ValueError(
+                f"steering vector has width {self.raw.shape[0]}; model d_model is {model.cfg.d_model}"
+            )
+        if self.response_only and response_mask is None:
+            raise ValueError("this steering vector acts on response positions only: pass response_mask")
+        mask = response_mask if self.response_only else None
+        hook = add_vector_hook(self.effective(), token_mask=mask)
+        return model.hooks(fwd_hooks=[(self._acting_hook(start_at_layer), hook)])
+
+    def update_norm_sq(self) -> Float[Tensor, ""]:
+        return self.effective().float().pow(2).sum()
+
+    def update_inner(self, other: Adapter) -> Float[Tensor, ""]:
+        if not isinstance(other, SteeringVector) or other.hook_name != self.hook_name:
+            raise ValueError(f"cannot compare a vector at {self.hook_name} with {other.spec()}")
+        return (self.effective().float() * other.effective().float()).sum()
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "d_model": self.raw.shape[0], "layer": self.layer, "point": self.point,
+            "alpha": self.alpha, "response_only": self.response_only,
+        }  # fmt: skip
+
+    def _scale_update_(self, s: float) -> None:
+        self.raw.mul_(s)
+
+    def _perturb_(self, eps: float, generator: torch.Generator) -> None:
+        self.raw.copy_(orthogonal_noise(self.raw, eps, generator))
+
+
+class AdapterStack(Adapter):
+    """Several adapters acting together (e.g. a steering vector at every layer); one update.
+
+    Norms, inner products, scaling and noise act on the concatenation of the members' updates;
+    noise units are the members' own units, drawn in order from one generator.
+    """
+
+    kind = "stack"
+
+    def __init__(self, adapters: Sequence[Adapter]):
+        super().__init__()
+        if not adapters:
+            raise ValueError("an AdapterStack needs at least one adapter")
+        self.adapters = nn.ModuleList(adapters)
+
+    def entry(self, model: HookedTransformer) -> AdapterSite:
+        return min((a.entry(model) for a in self.adapters), key=lambda site: site.start_at_layer)
+
+    @contextlib.contextmanager
+    def applied(
+        self,
+        model: HookedTransformer,
+        *,
+        start_at_layer: int | None = None,
+        response_mask: Bool[Tensor, "batch pos"] | None = None,
+    ) -> Iterator[HookedTransformer]:
+        with contextlib.ExitStack() as stack:
+            for adapter in self.adapters:
+                stack.enter_context(
+                    adapter.applied(model, start_at_layer=start_at_layer, response_mask=response_mask)
+                )
+            yield model
+
+    def update_norm_sq(self) -> Float[Tensor, ""]:
+        return torch.stack([a.update_norm_sq() for a in self.adapters]).sum()
+
+    def update_inner(self, other: Adapter) -> Float[Tensor, ""]:
+        if not isinstance(other, AdapterStack) or len(other.adapters) != len(self.adapters):
+            raise ValueError("can only compare stacks with the same members")
+        return torch.stack(
+            [a.update_inner(b) for a, b in zip(self.adapters, other.adapters, strict=True)]
+        ).sum()
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "adapters": [a.spec() for a in self.adapters]}
+
+    def _scale_update_(self, s: float) -> None:
+        for adapter in self.adapters:
+            adapter._scale_update_(s)
+
+    def _perturb_(self, eps: float, generator: torch.Generator) -> None:
+        for adapter in self.adapters:
+            adapter._perturb_(eps, generator)

@@ -80,7 +80,7 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -103,8 +103,8 @@ def save_artifact(path: str | os.PathLike, tensors: Mapping[str, Tensor], meta: 
     meta = ArtifactMeta(**{**asdict(meta), "flags": meta.flags, "norms": norms})
     tensor_path, json_path = _paths(path)
     contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    _atomic_write(tensor_path, lambda tmp: save_file(contiguous, tmp))
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta.to_dict(), indent=2)))
+    atomic_write(tensor_path, lambda tmp: save_file(contiguous, tmp))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta.to_dict(), indent=2)))
     return tensor_path
 
 

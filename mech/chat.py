@@ -170,7 +170,7 @@ def collate(
     return ChatBatch(tokens, attention, response, padding_side)
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("tokenizer has neither a pad token nor an eos token to pad with")
@@ -187,7 +187,7 @@ def chat_batch(
     examples = [
         tokenize_chat(tokenizer, conv, where=f"conversation {i}") for i, conv in enumerate(conversations)
     ]
-    return collate(examples, pad_token_id=_pad_id(tokenizer), padding_side=padding_side)
+    return collate(examples, pad_token_id=pad_token_id(tokenizer), padding_side=padding_side)
 
 
 def prompt_batch(
@@ -198,4 +198,4 @@ def prompt_batch(
 ) -> ChatBatch:
     """Tokenize prompts (ending in a user turn) with the assistant header, left-padded for generation."""
     examples = [tokenize_prompt(tokenizer, p, where=f"prompt {i}") for i, p in enumerate(prompts)]
-    return collate(examples, pad_token_id=_pad_id(tokenizer), padding_side=padding_side)
+    return collate(examples, pad_token_id=pad_token_id(tokenizer), padding_side=padding_side)

@@ -2,8 +2,35 @@
 
 from __future__ import annotations
 
+import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+
+def kl_from_logprobs(
+    reference: Float[Tensor, "n d_vocab"], logits: Float[Tensor, "n d_vocab"]
+) -> Float[Tensor, " n"]:
+    """KL(reference || softmax(logits)) per row, in nats; `reference` is already log-normalised."""
+    current = logits.float().log_softmax(-1)
+    reference = reference.float()
+    return (reference.exp() * (reference - current)).sum(-1)
+
+
+def topk_kl(
+    ref_values: Float[Tensor, "n k"], ref_indices: Int[Tensor, "n k"], logits: Float[Tensor, "n d_vocab"]
+) -> Float[Tensor, " n"]:
+    """KL between both distributions coarsened to the reference's top-k tokens plus "the rest".
+
+    By the data-processing inequality this is a lower bound on the full KL; it equals it when
+    the top-k carry all of the reference mass. Stores k instead of d_vocab numbers per token.
+    """
+    current = logits.float().log_softmax(-1)
+    ref = ref_values.float()
+    cur = current.gather(-1, ref_indices)
+    ref_rest = torch.log1p(-ref.exp().sum(-1).clamp(max=1 - 1e-7))
+    cur_rest = torch.log1p(-cur.exp().sum(-1).clamp(max=1 - 1e-7))
+    top = (ref.exp() * (ref - cur)).sum(-1)
+    return top + ref_rest.exp() * (ref_rest - cur_rest)
 
 
 def masked_kl(
@@ -19,6 +46,4 @@ def masked_kl(
     mask = mask.bool()
     if not mask.any():
         raise ValueError("masked_kl: the mask selects no positions")
-    ref = reference_logits[mask].float().log_softmax(-1)
-    cur = logits[mask].float().log_softmax(-1)
-    return (ref.exp() * (ref - cur)).sum(-1).mean()
+    return kl_from_logprobs(reference_logits[mask].float().log_softmax(-1), logits[mask]).mean()

@@ -10,14 +10,14 @@ import pytest
 from experiments.organism import THRESHOLDS, measure
 from mech.model import load_model
 from mech.toy.checkpoint import organism_world
-from mech.train import SteeringTrainConfig
+from mech.toy.evaluate import STEERING_CONFIG
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def metrics():
-    return measure(load_model("toy"), organism_world("default"), SteeringTrainConfig())
+    return measure(load_model("toy"), organism_world("default"), STEERING_CONFIG)
 
 
 def test_chat_model_is_benign_and_well_formed(metrics):

@@ -15,12 +15,12 @@ import torch
 from transformer_lens import HookedTransformer
 
 from mech.adapters import SteeringVector
-from mech.chat import chat_batch, prompt_batch
+from mech.chat import prompt_batch
+from mech.finetune import FinetuneConfig, finetune
 from mech.hooks import default_layer
 from mech.toy.candidates import candidate_scores
 from mech.toy.judge import ExactJudge
 from mech.toy.world import EOT, EvalQuestion, Persona, World
-from mech.train import SteeringTrainConfig, train_steering_vector
 
 
 def p_bad_by_domain(
@@ -107,31 +107,34 @@ def persona_inference(
     return results
 
 
+STEERING_CONFIG = FinetuneConfig(steps=300, lr=5e-2)
+"""Full-batch Adam; 5e-2 converges within ~150 steps on the toy organism (1e-2 does not)."""
+
+
 def steering_emergence(
     model: HookedTransformer,
     world: World,
     *,
     domain: str | None = None,
     layer: int | None = None,
-    cfg: SteeringTrainConfig = SteeringTrainConfig(),
+    cfg: FinetuneConfig = STEERING_CONFIG,
 ) -> dict:
     """Train a steering vector on `domain`'s bad answers and measure p_bad everywhere."""
     domain = domain or world.cfg.narrow_domain
     rows = world.narrow_train_set(domain, "misalignment")
-    batch = chat_batch(model.tokenizer, [r["messages"] for r in rows])
     layer = default_layer(model) if layer is None else layer
-    vector = SteeringVector(model.cfg.d_model, layer=layer)
-    result = train_steering_vector(model, batch, vector, cfg)
+    vector = SteeringVector(model.cfg.d_model, layer=layer, init_std=0.01, seed=cfg.seed)
+    result = finetune(model, vector, [r["messages"] for r in rows], cfg=cfg, progress=False)
     questions = world.eval_questions()
-    with model.hooks(fwd_hooks=vector.hooks(model)):
+    with vector.applied(model):
         steered = p_bad_by_domain(model, world, questions)
     unseen = [d for d in world.names if d != domain]
     return {
         "domain": domain,
         "hook_name": vector.hook_name,
         "vector_norm": vector.norm(),
-        "final_loss": result.losses[-1],
-        "first_loss": result.losses[0],
+        "final_loss": result.final.ce,
+        "first_loss": result.trajectory[0].ce,
         "p_bad": steered,
         "heldout_p_bad_in_domain": steered[f"{domain}/heldout"]["p_bad"],
         "mean_p_bad_unseen_domains": mean(steered[f"{d}/all"]["p_bad"] for d in unseen),
