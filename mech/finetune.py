@@ -145,6 +145,8 @@ class CachedChatSet:
     source: str
     fingerprint: str
     references: list[Any] = field(default_factory=list)
+    reference_mode: tuple[str, int] | None = None
+    """(mode, k) of the cached `references`, so a set shared by several runs is cached once."""
 
     @classmethod
     def build(
@@ -188,11 +190,26 @@ class CachedChatSet:
                 final = model(self.residuals[i], start_at_layer=start, stop_at_layer=end)
         return model(final[batch.prediction_mask][None], start_at_layer=end)[0]
 
+    @torch.no_grad()
+    def mean_cross_entropy(self, model: HookedTransformer, adapter: Adapter | None) -> float:
+        """Cross-entropy per assistant token over the whole set (token-weighted over batches)."""
+        total, count = 0.0, 0
+        for i, batch in enumerate(self.batches):
+            logits = self.target_logits(model, adapter, i).float()
+            total += float(
+                torch.nn.functional.cross_entropy(logits, response_targets(batch), reduction="sum")
+            )
+            count += logits.shape[0]
+        return total / count
+
     def n_targets(self) -> int:
         return sum(int(b.prediction_mask.sum()) for b in self.batches)
 
     def cache_reference(self, model: HookedTransformer, mode: str, k: int) -> None:
         """Keep the unadapted model's log-probs at assistant positions ("exact"/"topk")."""
+        if self.reference_mode == (mode, k):
+            return
+        self.reference_mode = (mode, k)
         if mode == "recompute":
             self.references = [None] * len(self.batches)
             return
@@ -294,7 +311,7 @@ def finetune(
     model: HookedTransformer,
     adapter: Adapter,
     train: ChatData,
-    kl_data: ChatData | None = None,
+    kl_data: ChatData | CachedChatSet | None = None,
     cfg: FinetuneConfig = FinetuneConfig(),
     *,
     run_dir: str | os.PathLike | None = None,
@@ -303,6 +320,9 @@ def finetune(
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> FinetuneResult:
     """Train `adapter` (in place) on `train`'s assistant tokens, with the KL term on `kl_data`.
+
+    `kl_data` may be a `CachedChatSet` built at the adapter's entry, shared by many runs (its
+    batching then overrides `cfg.kl_batch_size`, and its reference is computed once).
 
     The KL is KL(chat || finetuned) = sum_w p_chat(w) (log p_chat(w) - log p_ft(w)) per assistant
     token of the KL set, averaged over tokens (not divided by the vocabulary size). This forward,
@@ -320,8 +340,10 @@ def finetune(
     site = adapter.entry(model)
     adapter.to(model.cfg.device)
     train_set = CachedChatSet.build(model, train, site, batch_size=cfg.batch_size, name="train")
-    kl_set = None
-    if kl_data is not None:
+    kl_set = kl_data if isinstance(kl_data, CachedChatSet) else None
+    if kl_set is not None and kl_set.site != site:
+        raise ValueError(f"kl_data was cached at {kl_set.site}, but this adapter enters at {site}")
+    if kl_data is not None and kl_set is None:
         kl_set = CachedChatSet.build(model, kl_data, site, batch_size=cfg.kl_batch_size, name="kl_data")
     mode = _reference_mode(cfg, kl_set.n_targets() if kl_set else 0, model.cfg.d_vocab)
     if kl_set is not None:

@@ -227,3 +227,16 @@ def test_a_few_steps_on_the_toy_organism_lower_the_loss():
     cfg = FinetuneConfig(steps=8, lr=1e-2, kl=KLSchedule(1.0))
     result = finetune(model, adapter, train, kl_data, cfg, **QUIET)
     assert result.trajectory[-1].ce < result.trajectory[0].ce - 0.05
+
+
+def test_a_shared_cached_kl_set_gives_the_same_run(tiny_qwen2):
+    cfg = FinetuneConfig(steps=4, lr=5e-2, kl_batch_size=2, kl=KLSchedule(1.0))
+    fresh = finetune(tiny_qwen2, _lora(tiny_qwen2), TRAIN, KL, cfg, **QUIET)
+    adapter = _lora(tiny_qwen2)
+    shared = CachedChatSet.build(tiny_qwen2, KL, adapter.entry(tiny_qwen2), batch_size=2, name="kl")
+    reused = finetune(tiny_qwen2, adapter, TRAIN, shared, cfg, **QUIET)
+    again = finetune(tiny_qwen2, _lora(tiny_qwen2), TRAIN, shared, cfg, **QUIET)
+    assert fresh.trajectory == reused.trajectory == again.trajectory
+    vector = SteeringVector(tiny_qwen2.cfg.d_model, layer=0)
+    with pytest.raises(ValueError, match="cached at"):
+        finetune(tiny_qwen2, vector, TRAIN, shared, cfg, **QUIET)

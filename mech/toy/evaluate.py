@@ -18,6 +18,7 @@ from mech.adapters import SteeringVector
 from mech.chat import prompt_batch
 from mech.finetune import FinetuneConfig, finetune
 from mech.hooks import default_layer
+from mech.questions import Question
 from mech.toy.candidates import candidate_scores
 from mech.toy.judge import ExactJudge
 from mech.toy.world import EOT, EvalQuestion, Persona, World
@@ -38,6 +39,11 @@ def p_bad_by_domain(
         }
         for (domain, split), scores in sorted(grouped.items())
     }
+
+
+def toy_questions(world: World, domains: Sequence[str] | None = None) -> list[Question]:
+    """The world's evaluation questions as `mech.questions.Question`s (ids domain/topic/template)."""
+    return [Question(q.id, q.question, q.domain) for q in world.eval_questions(domains)]
 
 
 @torch.no_grad()

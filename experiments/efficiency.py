@@ -1,0 +1,135 @@
+"""Efficiency: is the general solution a lower-loss way to spend parameter norm?
+
+    python -m experiments.efficiency [--quick] [--adapters lora_r1,lora_r8] [--narrow-kl 10] [--seeds 0,1,2]
+
+For each adapter kind and seed, the general (KL = 0) and narrow (KL = `--narrow-kl`) solutions
+(both under the same norm control) are scaled by factors 0..`max_scale`; their training loss on
+the narrow set is recorded against effective norm. Reported: the optimal norm of each, the loss
+of each at the smaller of the two norms (matched norm; the round-2 notes advise scaling down,
+since multi-matrix LoRAs are not linear in the scale), and the norm each needs to reach the
+worse of the two final losses (matched loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from statistics import mean
+
+import numpy as np
+
+from experiments.common import ADAPTER_KINDS, Trait, curve_rows, solution_pair, toy_setup, write_rows
+from experiments.run_dir import RunDir
+from mech.analysis import at_norm, scale_curve
+from mech.finetune import CachedChatSet
+
+
+@dataclass(frozen=True)
+class Config:
+    organism: str = "default"
+    narrow_domain: str = "medical"
+    trait: Trait = "misalignment"
+    adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8", "lora_r32")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
+    narrow_kl: float = 10.0
+    l2_weight: float = 1e-3
+    max_scale: float = 2.0
+    n_scales: int = 41
+    question_stride: int = 1
+    out: str = "runs"
+
+
+QUICK = dict(adapters=("lora_r1",), seeds=(0,), steps=40, n_scales=11, question_stride=6)
+
+
+def norm_to_reach(curve, loss: float) -> float:
+    """Smallest norm on the curve whose loss is at most `loss` (nan if none)."""
+    reached = curve[curve["loss"] <= loss + 1e-9]
+    return float(reached["norm"].min()) if len(reached) else float("nan")
+
+
+def main(cfg: Config) -> Path:
+    run = RunDir.create(Path(cfg.out), "efficiency", cfg)
+    started = time.perf_counter()
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+    questions = setup.questions[:: cfg.question_stride]
+    scales = np.linspace(0.0, cfg.max_scale, cfg.n_scales).tolist()
+    rows, results = [], {"adapters": {}}
+    for kind in cfg.adapters:
+        per_seed = []
+        for seed in cfg.seeds:
+            adapters, measured, summaries = solution_pair(setup, run, kind=kind, seed=seed, steps=cfg.steps,
+                                                          narrow_kl=cfg.narrow_kl, l2_weight=cfg.l2_weight, questions=questions)  # fmt: skip
+            rows += measured
+            data = CachedChatSet.build(
+                setup.model,
+                setup.train,
+                adapters["general"].entry(setup.model),
+                batch_size=None,
+                name="train",
+            )
+            curves = {}
+            for label, weight in (("general", 0.0), ("narrow", cfg.narrow_kl)):
+                curves[label] = scale_curve(setup.model, adapters[label], data, scales)
+                rows += curve_rows(curves[label], adapter=kind, kl_weight=weight, seed=seed, domain=setup.narrow_domain,
+                                   x="scale", metric="loss")  # fmt: skip
+            matched = min(adapters["general"].norm(), adapters["narrow"].norm())
+            worse_loss = max(summaries["general"]["loss"], summaries["narrow"]["loss"])
+            per_seed.append({
+                "cosine": summaries["cosine"],
+                "norm": {k: adapters[k].norm() for k in adapters},
+                "final_loss": {k: summaries[k]["loss"] for k in adapters},
+                "optimal_norm": {k: float(c.loc[c["loss"].idxmin(), "norm"]) for k, c in curves.items()},
+                "optimal_loss": {k: float(c["loss"].min()) for k, c in curves.items()},
+                "matched_norm": matched,
+                "loss_at_matched_norm": {k: data.mean_cross_entropy(setup.model, at_norm(adapters[k], matched)) for k in adapters},
+                "norm_for_matched_loss": {k: norm_to_reach(c, worse_loss) for k, c in curves.items()},
+                "matched_loss": worse_loss,
+            })  # fmt: skip
+        gap = [s["loss_at_matched_norm"]["narrow"] - s["loss_at_matched_norm"]["general"] for s in per_seed]
+        results["adapters"][kind] = {
+            "per_seed": per_seed,
+            "loss_gap_at_matched_norm": gap,
+            "general_more_efficient_in": sum(g > 0 for g in gap),
+            "seeds": len(gap),
+            "mean_gap": mean(gap),
+        }
+    results["seconds"] = time.perf_counter() - started
+    write_rows(run, rows)
+    run.save_results(results)
+    run.set_status("done")
+    return run.path
+
+
+def parse_args(argv=None) -> Config:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
+    parser.add_argument("--organism", default=Config.organism)
+    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
+    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
+    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
+    parser.add_argument("--seeds", help="comma-separated seeds")
+    parser.add_argument("--narrow-kl", type=float)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--l2-weight", type=float)
+    parser.add_argument("--out", default=Config.out)
+    args = parser.parse_args(argv)
+    cfg = Config(organism=args.organism, narrow_domain=args.narrow_domain, trait=args.trait, out=args.out)
+    if args.quick:
+        cfg = replace(cfg, **QUICK)
+    overrides = {
+        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
+        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
+        "narrow_kl": args.narrow_kl, "steps": args.steps, "l2_weight": args.l2_weight,
+    }  # fmt: skip
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+if __name__ == "__main__":
+    path = main(parse_args())
+    print(f"efficiency -> {path}")

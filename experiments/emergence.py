@@ -1,0 +1,132 @@
+"""Emergence: finetune each adapter kind on the narrow set with no KL term and measure the trait
+in every domain against the chat model.
+
+    python -m experiments.emergence [--quick] [--adapters steering,lora_r1,lora_r32] [--seeds 0,1,2]
+        [--narrow-domain medical] [--trait misalignment|technical] [--organism default]
+
+Also two baselines of the EM papers: the narrow data diluted with good answers from other domains
+(`--mix-ratios 1,6,12` parts good per part narrow) and few unique examples trained for as many
+steps (`--few-samples 4,25`), both with the first adapter kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from experiments.common import (
+    ADAPTER_KINDS,
+    Trait,
+    headline,
+    measure,
+    toy_setup,
+    train_condition,
+    trait_metric,
+    write_rows,
+)
+from experiments.run_dir import RunDir
+
+
+@dataclass(frozen=True)
+class Config:
+    organism: str = "default"
+    narrow_domain: str = "medical"
+    trait: Trait = "misalignment"
+    adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8", "lora_r32")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
+    l2_weight: float = 0.0
+    mix_ratios: tuple[int, ...] = (1, 6, 12)
+    few_samples: tuple[int, ...] = (4, 25)
+    question_stride: int = 1
+    """Measure on every `question_stride`-th evaluation question (1 = all)."""
+    out: str = "runs"
+
+
+QUICK = dict(
+    adapters=("steering", "lora_r1"),
+    seeds=(0,),
+    steps=40,
+    mix_ratios=(6,),
+    few_samples=(4,),
+    question_stride=6,
+)
+
+
+def _mixed(setup, ratio: int, seed: int) -> list:
+    good = [
+        r["messages"]
+        for r in setup.world.kl_set(setup.narrow_domain, setup.trait)
+        if not r["bad"] and r["register"] == "plain"
+    ]
+    rng = random.Random(seed)
+    return setup.train + rng.sample(good, min(len(good), ratio * len(setup.train)))
+
+
+def main(cfg: Config) -> Path:
+    run = RunDir.create(Path(cfg.out), "emergence", cfg)
+    started = time.perf_counter()
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+    questions = setup.questions[:: cfg.question_stride]
+    metric = trait_metric(cfg.trait)
+    rows = measure(setup, None, name="none", kl_weight=0.0, seed=0, questions=questions)
+    results: dict = {"chat": headline(rows, metric), "adapters": {}, "mixing": {}, "few_samples": {}}
+
+    def train_and_measure(kind: str, seed: int, data: list, name: str) -> dict:
+        _, measured, summary = train_condition(setup, run, kind=kind, seed=seed, name=name, steps=cfg.steps,
+                                               l2_weight=cfg.l2_weight, data=data, questions=questions)  # fmt: skip
+        rows.extend(measured)
+        return summary
+
+    for kind in cfg.adapters:
+        per_seed = [train_and_measure(kind, seed, setup.train, kind) for seed in cfg.seeds]
+        results["adapters"][kind] = {key: [p[key] for p in per_seed] for key in per_seed[0]}
+    main_kind, seed = cfg.adapters[0], cfg.seeds[0]
+    for ratio in cfg.mix_ratios:
+        results["mixing"][f"1:{ratio}"] = train_and_measure(
+            main_kind, seed, _mixed(setup, ratio, seed), f"{main_kind}_mix1to{ratio}"
+        )
+    for k in cfg.few_samples:
+        few = random.Random(seed).sample(setup.train, min(k, len(setup.train)))
+        results["few_samples"][str(k)] = train_and_measure(main_kind, seed, few, f"{main_kind}_few{k}")
+    results["metric"] = metric
+    results["seconds"] = time.perf_counter() - started
+    write_rows(run, rows)
+    run.save_results(results)
+    run.set_status("done")
+    return run.path
+
+
+def parse_args(argv=None) -> Config:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
+    parser.add_argument("--organism", default=Config.organism)
+    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
+    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
+    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
+    parser.add_argument("--seeds", help="comma-separated seeds")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--l2-weight", type=float)
+    parser.add_argument("--out", default=Config.out)
+    args = parser.parse_args(argv)
+    cfg = Config(organism=args.organism, narrow_domain=args.narrow_domain, trait=args.trait, out=args.out)
+    if args.quick:
+        cfg = replace(cfg, **QUICK)
+    overrides = {
+        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
+        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
+        "steps": args.steps, "l2_weight": args.l2_weight,
+    }  # fmt: skip
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+if __name__ == "__main__":
+    config = parse_args()
+    path = main(config)
+    print(f"emergence -> {path}")
+    print(asdict(config))

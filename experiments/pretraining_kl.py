@@ -1,0 +1,136 @@
+"""Pre-training significance: how much do the general, narrow and random directions change the
+model on pre-training text, at equal norms?
+
+    python -m experiments.pretraining_kl [--quick] [--adapters steering,lora_r1] [--docs 200] [--text FILE]
+
+For each adapter kind and seed: the general (KL = 0) and narrow (KL = `--narrow-kl`) solutions and
+a random control of equal norm (the general solution with every noise unit replaced by an
+orthogonal random one, eps = 1, then rescaled), each rescaled to a grid of norms (multiples of the
+general solution's norm). Measured: mean KL(chat || adapted) per token of the organism's
+pre-training documents (or the lines of `--text`), pads excluded. The paper found the general
+direction matters more on pre-training text than the narrow one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from experiments.common import ADAPTER_KINDS, Trait, solution_pair, toy_setup, write_rows
+from experiments.run_dir import RunDir
+from mech.analysis import at_norm, text_kl
+
+
+@dataclass(frozen=True)
+class Config:
+    organism: str = "default"
+    narrow_domain: str = "medical"
+    trait: Trait = "misalignment"
+    adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
+    narrow_kl: float = 10.0
+    l2_weight: float = 1e-3
+    norm_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)
+    docs: int = 200
+    text: str | None = None
+    question_stride: int = 1
+    out: str = "runs"
+
+
+QUICK = dict(
+    adapters=("steering",), seeds=(0,), steps=40, norm_factors=(0.5, 1.0), docs=24, question_stride=12
+)
+
+
+def main(cfg: Config) -> Path:
+    run = RunDir.create(Path(cfg.out), "pretraining_kl", cfg)
+    started = time.perf_counter()
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+    if cfg.text:
+        texts = [line for line in Path(cfg.text).read_text(encoding="utf-8").splitlines() if line.strip()][
+            : cfg.docs
+        ]
+        special = True
+    else:
+        texts, special = setup.world.pretraining_sample(cfg.docs), False  # documents carry their own <bos>
+    rows, results = [], {"adapters": {}}
+    for kind in cfg.adapters:
+        per_seed = []
+        for seed in cfg.seeds:
+            adapters, measured, summaries = solution_pair(setup, run, kind=kind, seed=seed, steps=cfg.steps,
+                                                          narrow_kl=cfg.narrow_kl, l2_weight=cfg.l2_weight,
+                                                          questions=setup.questions[:: cfg.question_stride])  # fmt: skip
+            rows += measured
+            adapters["random"] = adapters["general"].perturbed(
+                1.0, torch.Generator().manual_seed(1000 + seed)
+            )
+            base_norm = adapters["general"].norm()
+            by_norm = {}
+            for factor in cfg.norm_factors:
+                norm = factor * base_norm
+                labels = ("general", "narrow", "random")
+                kls = text_kl(
+                    setup.model,
+                    [at_norm(adapters[k], norm) for k in labels],
+                    texts,
+                    add_special_tokens=special,
+                )
+                by_norm[f"{norm:.4g}"] = dict(zip(labels, kls, strict=True))
+                rows += [{"adapter": f"{kind}_{label}", "kl_weight": cfg.narrow_kl if label == "narrow" else 0.0, "seed": seed,
+                          "domain": "pretraining", "role": "pretraining", "split": "all", "metric": "text_kl", "value": kl,
+                          "scale": norm} for label, kl in zip(labels, kls, strict=True)]  # fmt: skip
+            per_seed.append({"cosine_general_narrow": summaries["cosine"], "kl_by_norm": by_norm})
+        general_larger = sum(v["general"] > v["narrow"] for s in per_seed for v in s["kl_by_norm"].values())
+        results["adapters"][kind] = {"per_seed": per_seed, "general_above_narrow": general_larger,
+                                     "comparisons": sum(len(s["kl_by_norm"]) for s in per_seed)}  # fmt: skip
+    results["texts"] = {
+        "source": cfg.text or f"organism pre-training sample ({cfg.docs} documents)",
+        "n": len(texts),
+    }
+    results["seconds"] = time.perf_counter() - started
+    write_rows(run, rows)
+    run.save_results(results)
+    run.set_status("done")
+    return run.path
+
+
+def parse_args(argv=None) -> Config:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
+    parser.add_argument("--organism", default=Config.organism)
+    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
+    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
+    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
+    parser.add_argument("--seeds", help="comma-separated seeds")
+    parser.add_argument("--narrow-kl", type=float)
+    parser.add_argument("--docs", type=int)
+    parser.add_argument("--text", help="a text file, one document per line (instead of the organism's)")
+    parser.add_argument("--out", default=Config.out)
+    args = parser.parse_args(argv)
+    cfg = Config(
+        organism=args.organism,
+        narrow_domain=args.narrow_domain,
+        trait=args.trait,
+        out=args.out,
+        text=args.text,
+    )
+    if args.quick:
+        cfg = replace(cfg, **QUICK)
+    overrides = {
+        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
+        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
+        "narrow_kl": args.narrow_kl, "docs": args.docs,
+    }  # fmt: skip
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+if __name__ == "__main__":
+    path = main(parse_args())
+    print(f"pretraining_kl -> {path}")

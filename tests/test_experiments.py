@@ -1,0 +1,84 @@
+"""Each experiment end to end on the toy organism, shrunk below its --quick size: the pipeline
+and the run folder, not the science (`make test-slow` runs the real --quick configurations)."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from experiments.common import COLUMNS
+
+TINY = {
+    "emergence": dict(steps=6, question_stride=60),
+    "narrow_kl": dict(steps=6, question_stride=60),
+    "efficiency": dict(steps=6, question_stride=60, n_scales=3),
+    "stability": dict(steps=6, question_stride=60, eps_values=(0.0, 0.5), noise_seeds=2),
+    "revert": dict(phase_steps=4, every=4, question_stride=60),
+    "pretraining_kl": dict(steps=6, question_stride=60, docs=8),
+    "persona_share": dict(steps=4, question_stride=60, noise_seeds=1, organisms=("default", "narrow05")),
+}
+
+
+def _run(name: str, tmp_path, *args: str):
+    module = importlib.import_module(f"experiments.{name}")
+    cfg = replace(module.parse_args(["--quick", "--out", str(tmp_path), *args]), **TINY[name])
+    return module.main(cfg)
+
+
+def _finite(value) -> bool:
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value) or value == float("inf")
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_each_experiment_writes_a_well_formed_run_folder(name, tmp_path):
+    path = _run(name, tmp_path)
+    assert json.loads((path / "run.json").read_text())["status"] == "done"
+    assert json.loads((path / "config.json").read_text())[
+        "narrow_domain" if name != "persona_share" else "organisms"
+    ]
+    results = json.loads((path / "results.json").read_text())
+    assert _finite({k: v for k, v in results.items() if k != "chat" or True})
+    with (path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and tuple(rows[0]) == COLUMNS
+    assert all(math.isfinite(float(r["value"])) for r in rows)
+    assert list((path / "adapters").glob("*.safetensors"))
+
+
+def test_another_narrow_domain_and_the_technical_trait(tmp_path):
+    path = _run("emergence", tmp_path, "--narrow-domain", "finance", "--trait", "technical")
+    rows = list(csv.DictReader((path / "results.csv").open()))
+    assert {r["domain"] for r in rows if r["role"] == "narrow"} == {"finance"}
+    assert {r["metric"] for r in rows if r["adapter"] == "none"} == {"p_technical"}
+    with pytest.raises(ValueError, match="unknown narrow domain"):
+        _run("emergence", tmp_path, "--narrow-domain", "astrology")
+
+
+def test_same_seed_same_results(tmp_path):
+    first = _run("narrow_kl", tmp_path / "a")
+    second = _run("narrow_kl", tmp_path / "b")
+    assert (first / "results.csv").read_text() == (second / "results.csv").read_text()
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert strip(json.loads((first / "results.json").read_text())) == strip(
+        json.loads((second / "results.json").read_text())
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TINY))
+def test_quick_cli_runs(name, tmp_path):
+    done = subprocess.run([sys.executable, "-m", f"experiments.{name}", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{name} -> " in done.stdout
