@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import csv
 import random
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from statistics import mean
 from typing import Literal
 
 from transformer_lens import HookedTransformer
 
 from experiments.run_dir import RunDir
-from mech.adapter_io import save_adapter
+from mech.adapter_io import load_adapter, save_adapter
 from mech.adapters import Adapter, AdapterStack, SteeringVector
 from mech.finetune import CachedChatSet, FinetuneConfig, KLSchedule, finetune
 from mech.lora import MATRICES, LoraAdapter
@@ -210,16 +212,48 @@ def solution_pair(
     narrow_kl: float,
     l2_weight: float,
     questions: Sequence[EvalQuestion] | None = None,
+    from_run: str | None = None,
 ) -> tuple[dict[str, Adapter], list[dict], dict[str, dict]]:
-    """The general (KL = 0) and narrow (KL = `narrow_kl`) solutions of one kind and seed."""
+    """The general (KL = 0) and narrow (KL = `narrow_kl`) solutions of one kind and seed: trained
+    here, or loaded from the `adapters/` of an earlier run folder (e.g. a `narrow_kl` sweep)."""
     adapters, rows, summaries = {}, [], {}
     for label, weight in (("general", 0.0), ("narrow", narrow_kl)):
-        adapter, measured, summary = train_condition(setup, run, kind=kind, seed=seed, name=kind, steps=steps,
-                                                     kl_weight=weight, l2_weight=l2_weight, questions=questions)  # fmt: skip
+        if from_run is None:
+            adapter, measured, summary = train_condition(setup, run, kind=kind, seed=seed, name=kind, steps=steps,
+                                                         kl_weight=weight, l2_weight=l2_weight, questions=questions)  # fmt: skip
+        else:
+            adapter, measured, summary = load_condition(setup, Path(from_run), kind=kind, seed=seed, kl_weight=weight,
+                                                        questions=questions)  # fmt: skip
         adapters[label], summaries[label] = adapter, summary
         rows += measured
     summaries["cosine"] = adapters["general"].cosine(adapters["narrow"])
     return adapters, rows, summaries
+
+
+def load_condition(
+    setup: ToySetup,
+    run_path: Path,
+    *,
+    kind: str,
+    seed: int,
+    kl_weight: float,
+    questions: Sequence[EvalQuestion] | None = None,
+) -> tuple[Adapter, list[dict], dict]:
+    """A solution saved by `train_condition` in another run, measured here like a fresh one."""
+    path = run_path / "adapters" / f"{kind}_kl{kl_weight:g}_seed{seed}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no {kind} solution with KL {kl_weight:g} and seed {seed} in that run"
+        )
+    adapter, _ = load_adapter(path, setup.model)
+    data = CachedChatSet.build(
+        setup.model, setup.train, adapter.entry(setup.model), batch_size=None, name="train"
+    )
+    rows = measure(setup, adapter, name=kind, kl_weight=kl_weight, seed=seed, questions=questions)
+    extra = {"loss": data.mean_cross_entropy(setup.model, adapter), "norm": adapter.norm()}
+    rows += [{"adapter": kind, "kl_weight": kl_weight, "seed": seed, "domain": setup.narrow_domain, "role": "narrow",
+              "split": "train", "metric": metric, "value": value} for metric, value in extra.items()]  # fmt: skip
+    return adapter, rows, {**headline(rows, trait_metric(setup.trait)), **extra}
 
 
 def curve_rows(
@@ -229,3 +263,56 @@ def curve_rows(
     return [{"adapter": adapter, "kl_weight": kl_weight, "seed": seed, "domain": domain, "role": "narrow",
              "split": "train", "metric": metric, "value": float(r[metric]), x: float(r[x])}
             for r in frame.to_dict(orient="records")]  # fmt: skip
+
+
+def save_figure(run: RunDir, name: str, fig) -> Path:
+    from viz.figures import save
+
+    path = run.path / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(fig, path)
+    return path
+
+
+def parse_config(config_cls, quick: dict, description: str | None, argv: Sequence[str] | None = None):
+    """Command-line flags from a Config dataclass: `--field-name VALUE` for every field (tuples
+    as comma-separated lists), plus `--quick`, which applies `quick` before any flag."""
+    import argparse
+    import dataclasses
+
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s on 2 cores), for tests")
+    defaults = config_cls()
+    for f in dataclasses.fields(config_cls):
+        default, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(default, tuple):
+            parser.add_argument(flag, help=f"comma-separated (default: {','.join(map(str, default))})")
+        elif f.name == "trait":
+            parser.add_argument(flag, choices=("misalignment", "technical"), help=f"default: {default}")
+        else:
+            parser.add_argument(
+                flag, type=type(default) if default is not None else str, help=f"default: {default}"
+            )
+    args = parser.parse_args(argv)
+    cfg = replace(defaults, **quick) if args.quick else defaults
+    overrides = {}
+    for f in dataclasses.fields(config_cls):
+        value = getattr(args, f.name)
+        if value is None:
+            continue
+        if isinstance(getattr(defaults, f.name), tuple):
+            element = type(getattr(defaults, f.name)[0]) if getattr(defaults, f.name) else str
+            value = tuple(element(v.strip()) for v in value.split(",") if v.strip())
+        overrides[f.name] = value
+    return replace(cfg, **overrides)
+
+
+def finish(run: RunDir, rows: Sequence[dict], results: dict, started: float) -> Path:
+    """Write `results.csv` and `results.json` (with the run's duration) and mark the run done."""
+    results["seconds"] = time.perf_counter() - started
+    write_rows(run, rows)
+    run.save_results(results)
+    run.set_status("done")
+    return run.path

@@ -12,18 +12,27 @@ worse of the two final losses (matched loss).
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
 import numpy as np
+import pandas as pd
 
-from experiments.common import ADAPTER_KINDS, Trait, curve_rows, solution_pair, toy_setup, write_rows
+from experiments.common import (
+    Trait,
+    curve_rows,
+    finish,
+    parse_config,
+    save_figure,
+    solution_pair,
+    toy_setup,
+)
 from experiments.run_dir import RunDir
 from mech.analysis import at_norm, scale_curve
 from mech.finetune import CachedChatSet
+from viz import figures
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class Config:
     max_scale: float = 2.0
     n_scales: int = 41
     question_stride: int = 1
+    from_run: str | None = None
+    """Analyse the solutions saved by an earlier run (e.g. `narrow_kl`) instead of training."""
     out: str = "runs"
 
 
@@ -62,7 +73,7 @@ def main(cfg: Config) -> Path:
         per_seed = []
         for seed in cfg.seeds:
             adapters, measured, summaries = solution_pair(setup, run, kind=kind, seed=seed, steps=cfg.steps,
-                                                          narrow_kl=cfg.narrow_kl, l2_weight=cfg.l2_weight, questions=questions)  # fmt: skip
+                                                          narrow_kl=cfg.narrow_kl, l2_weight=cfg.l2_weight, from_run=cfg.from_run, questions=questions)  # fmt: skip
             rows += measured
             data = CachedChatSet.build(
                 setup.model,
@@ -74,8 +85,9 @@ def main(cfg: Config) -> Path:
             curves = {}
             for label, weight in (("general", 0.0), ("narrow", cfg.narrow_kl)):
                 curves[label] = scale_curve(setup.model, adapters[label], data, scales)
-                rows += curve_rows(curves[label], adapter=kind, kl_weight=weight, seed=seed, domain=setup.narrow_domain,
-                                   x="scale", metric="loss")  # fmt: skip
+                for metric in ("loss", "norm"):
+                    rows += curve_rows(curves[label], adapter=kind, kl_weight=weight, seed=seed, domain=setup.narrow_domain,
+                                       x="scale", metric=metric)  # fmt: skip
             matched = min(adapters["general"].norm(), adapters["narrow"].norm())
             worse_loss = max(summaries["general"]["loss"], summaries["narrow"]["loss"])
             per_seed.append({
@@ -97,37 +109,26 @@ def main(cfg: Config) -> Path:
             "seeds": len(gap),
             "mean_gap": mean(gap),
         }
-    results["seconds"] = time.perf_counter() - started
-    write_rows(run, rows)
-    run.save_results(results)
-    run.set_status("done")
-    return run.path
+    frame = pd.DataFrame(rows)
+    points = frame[frame["scale"].notna() & frame["metric"].isin(["loss", "norm"])]
+    wide = points.pivot_table(
+        index=["adapter", "kl_weight", "seed", "scale"], columns="metric", values="value"
+    ).reset_index()
+    wide = (
+        wide.rename(columns={"norm": "effective_norm"})
+        .assign(metric="loss")
+        .rename(columns={"loss": "value"})
+    )
+    save_figure(
+        run,
+        "loss_vs_norm",
+        figures.curves(wide, x="effective_norm", metric="loss", title="training loss of scaled solutions"),
+    )
+    return finish(run, rows, results, started)
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
-    parser.add_argument("--organism", default=Config.organism)
-    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
-    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
-    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
-    parser.add_argument("--seeds", help="comma-separated seeds")
-    parser.add_argument("--narrow-kl", type=float)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--l2-weight", type=float)
-    parser.add_argument("--out", default=Config.out)
-    args = parser.parse_args(argv)
-    cfg = Config(organism=args.organism, narrow_domain=args.narrow_domain, trait=args.trait, out=args.out)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    overrides = {
-        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
-        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
-        "narrow_kl": args.narrow_kl, "steps": args.steps, "l2_weight": args.l2_weight,
-    }  # fmt: skip
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return parse_config(Config, QUICK, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -11,23 +11,26 @@ steps (`--few-samples 4,25`), both with the first adapter kind.
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from experiments.common import (
-    ADAPTER_KINDS,
     Trait,
+    finish,
     headline,
     measure,
+    parse_config,
+    save_figure,
     toy_setup,
     train_condition,
     trait_metric,
-    write_rows,
 )
 from experiments.run_dir import RunDir
+from viz.figures import rates_by_role
 
 
 @dataclass(frozen=True)
@@ -93,36 +96,16 @@ def main(cfg: Config) -> Path:
         few = random.Random(seed).sample(setup.train, min(k, len(setup.train)))
         results["few_samples"][str(k)] = train_and_measure(main_kind, seed, few, f"{main_kind}_few{k}")
     results["metric"] = metric
-    results["seconds"] = time.perf_counter() - started
-    write_rows(run, rows)
-    run.save_results(results)
-    run.set_status("done")
-    return run.path
+    save_figure(
+        run,
+        "rates",
+        rates_by_role(pd.DataFrame(rows), title=f"{metric} after finetuning on {cfg.narrow_domain}"),
+    )
+    return finish(run, rows, results, started)
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
-    parser.add_argument("--organism", default=Config.organism)
-    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
-    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
-    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
-    parser.add_argument("--seeds", help="comma-separated seeds")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--l2-weight", type=float)
-    parser.add_argument("--out", default=Config.out)
-    args = parser.parse_args(argv)
-    cfg = Config(organism=args.organism, narrow_domain=args.narrow_domain, trait=args.trait, out=args.out)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    overrides = {
-        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
-        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
-        "steps": args.steps, "l2_weight": args.l2_weight,
-    }  # fmt: skip
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return parse_config(Config, QUICK, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -14,23 +14,26 @@ the most weakly regularised narrow-looking solution, scaled up by `--footnote-sc
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
+import pandas as pd
+
 from experiments.common import (
-    ADAPTER_KINDS,
     Trait,
+    finish,
     headline,
     measure,
+    parse_config,
+    save_figure,
     toy_setup,
     train_condition,
     trait_metric,
-    write_rows,
 )
 from experiments.run_dir import RunDir
+from viz.figures import rates_by_role
 
 
 @dataclass(frozen=True)
@@ -108,38 +111,12 @@ def main(cfg: Config) -> Path:
             w: {k: mean(s[k] for s in runs) for k in runs[0]} for w, runs in per_kind["by_kl"].items()
         }
         results["adapters"][kind] = per_kind
-    results["seconds"] = time.perf_counter() - started
-    write_rows(run, rows)
-    run.save_results(results)
-    run.set_status("done")
-    return run.path
+    save_figure(run, "rates_by_kl", rates_by_role(pd.DataFrame(rows), title=f"{metric} by KL weight"))
+    return finish(run, rows, results, started)
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
-    parser.add_argument("--organism", default=Config.organism)
-    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
-    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
-    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
-    parser.add_argument("--kl-weights", help="comma-separated, must include 0")
-    parser.add_argument("--seeds", help="comma-separated seeds")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--l2-weight", type=float)
-    parser.add_argument("--out", default=Config.out)
-    args = parser.parse_args(argv)
-    cfg = Config(organism=args.organism, narrow_domain=args.narrow_domain, trait=args.trait, out=args.out)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    overrides = {
-        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
-        "kl_weights": tuple(float(w) for w in args.kl_weights.split(",")) if args.kl_weights else None,
-        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
-        "steps": args.steps, "l2_weight": args.l2_weight,
-    }  # fmt: skip
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return parse_config(Config, QUICK, __doc__, argv)
 
 
 if __name__ == "__main__":

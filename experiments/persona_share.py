@@ -13,17 +13,26 @@ noise at `--eps`, at matched norm).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import ADAPTER_KINDS, Trait, solution_pair, toy_setup, write_rows
+import pandas as pd
+
+from experiments.common import (
+    Trait,
+    finish,
+    parse_config,
+    save_figure,
+    solution_pair,
+    toy_setup,
+)
 from experiments.run_dir import RunDir
 from mech.analysis import at_norm, noise_curve
 from mech.finetune import CachedChatSet
 from mech.toy.checkpoint import checkpoint_dir
+from viz.figures import share_plot
 
 
 @dataclass(frozen=True)
@@ -96,34 +105,15 @@ def main(cfg: Config) -> Path:
                                  "role": "narrow", "split": "train", "metric": metric, "value": per_seed[-1][metric]})  # fmt: skip
             per_kind[kind] = per_seed
         results["organisms"][organism] = {"narrow_share": narrow_share(organism), "adapters": per_kind}
-    results["seconds"] = time.perf_counter() - started
-    write_rows(run, rows)
-    run.save_results(results)
-    run.set_status("done")
-    return run.path
+    shares = {o: results["organisms"][o]["narrow_share"] for o in cfg.organisms}
+    frame = pd.DataFrame(rows)
+    frame["narrow_share"] = frame["adapter"].str.split("/").str[0].map(shares)
+    save_figure(run, "by_share", share_plot(frame))
+    return finish(run, rows, results, started)
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
-    parser.add_argument("--organisms", help="comma-separated shipped organisms")
-    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
-    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
-    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
-    parser.add_argument("--seeds", help="comma-separated seeds")
-    parser.add_argument("--out", default=Config.out)
-    args = parser.parse_args(argv)
-    cfg = Config(narrow_domain=args.narrow_domain, trait=args.trait, out=args.out)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    overrides = {
-        "organisms": tuple(args.organisms.split(",")) if args.organisms else None,
-        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
-        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
-    }  # fmt: skip
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return parse_config(Config, QUICK, __doc__, argv)
 
 
 if __name__ == "__main__":

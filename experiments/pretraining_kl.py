@@ -13,16 +13,24 @@ direction matters more on pre-training text than the narrow one.
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from experiments.common import ADAPTER_KINDS, Trait, solution_pair, toy_setup, write_rows
+from experiments.common import (
+    Trait,
+    finish,
+    parse_config,
+    save_figure,
+    solution_pair,
+    toy_setup,
+)
 from experiments.run_dir import RunDir
 from mech.analysis import at_norm, text_kl
+from viz.figures import curves
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,8 @@ class Config:
     docs: int = 200
     text: str | None = None
     question_stride: int = 1
+    from_run: str | None = None
+    """Analyse the solutions saved by an earlier run (e.g. `narrow_kl`) instead of training."""
     out: str = "runs"
 
 
@@ -63,7 +73,7 @@ def main(cfg: Config) -> Path:
         per_seed = []
         for seed in cfg.seeds:
             adapters, measured, summaries = solution_pair(setup, run, kind=kind, seed=seed, steps=cfg.steps,
-                                                          narrow_kl=cfg.narrow_kl, l2_weight=cfg.l2_weight,
+                                                          narrow_kl=cfg.narrow_kl, l2_weight=cfg.l2_weight, from_run=cfg.from_run,
                                                           questions=setup.questions[:: cfg.question_stride])  # fmt: skip
             rows += measured
             adapters["random"] = adapters["general"].perturbed(
@@ -92,43 +102,18 @@ def main(cfg: Config) -> Path:
         "source": cfg.text or f"organism pre-training sample ({cfg.docs} documents)",
         "n": len(texts),
     }
-    results["seconds"] = time.perf_counter() - started
-    write_rows(run, rows)
-    run.save_results(results)
-    run.set_status("done")
-    return run.path
+    save_figure(
+        run,
+        "text_kl",
+        curves(
+            pd.DataFrame(rows), x="scale", metric="text_kl", title="KL on pre-training text", xlabel="norm"
+        ),
+    )
+    return finish(run, rows, results, started)
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
-    parser.add_argument("--organism", default=Config.organism)
-    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
-    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
-    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
-    parser.add_argument("--seeds", help="comma-separated seeds")
-    parser.add_argument("--narrow-kl", type=float)
-    parser.add_argument("--docs", type=int)
-    parser.add_argument("--text", help="a text file, one document per line (instead of the organism's)")
-    parser.add_argument("--out", default=Config.out)
-    args = parser.parse_args(argv)
-    cfg = Config(
-        organism=args.organism,
-        narrow_domain=args.narrow_domain,
-        trait=args.trait,
-        out=args.out,
-        text=args.text,
-    )
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    overrides = {
-        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
-        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
-        "narrow_kl": args.narrow_kl, "docs": args.docs,
-    }  # fmt: skip
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return parse_config(Config, QUICK, __doc__, argv)
 
 
 if __name__ == "__main__":

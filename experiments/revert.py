@@ -10,27 +10,30 @@ held-out domains). The paper found training reverts to the general solution once
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from experiments.common import (
-    ADAPTER_KINDS,
     KL_BATCH,
     Trait,
+    finish,
     headline,
     learning_rate,
     make_adapter,
     measure,
+    parse_config,
+    save_figure,
     toy_setup,
     train_condition,
     trait_metric,
-    write_rows,
 )
 from experiments.run_dir import RunDir
 from mech.adapter_io import load_adapter
 from mech.finetune import FinetuneConfig, KLSchedule, finetune
+from viz.figures import curves
 
 
 @dataclass(frozen=True)
@@ -97,37 +100,22 @@ def main(cfg: Config) -> Path:
                 per_kind[f"{direction}/seed{seed}"] = trajectory
         results["adapters"][kind] = per_kind
     results["note"] = "rows of trajectories carry the training step in the `scale` column"
-    results["seconds"] = time.perf_counter() - started
-    write_rows(run, rows)
-    run.save_results(results)
-    run.set_status("done")
-    return run.path
+    save_figure(
+        run,
+        "cosine_to_general",
+        curves(
+            pd.DataFrame(rows),
+            x="scale",
+            metric="cosine_to_general",
+            title="cosine to the general solution",
+            xlabel="step",
+        ),
+    )
+    return finish(run, rows, results, started)
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
-    parser.add_argument("--organism", default=Config.organism)
-    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
-    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
-    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
-    parser.add_argument("--seeds", help="comma-separated seeds")
-    parser.add_argument("--kl", type=float)
-    parser.add_argument("--phase-steps", type=int)
-    parser.add_argument("--every", type=int)
-    parser.add_argument("--out", default=Config.out)
-    args = parser.parse_args(argv)
-    cfg = Config(organism=args.organism, narrow_domain=args.narrow_domain, trait=args.trait, out=args.out)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    overrides = {
-        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
-        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
-        "kl": args.kl, "phase_steps": args.phase_steps, "every": args.every,
-    }  # fmt: skip
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return parse_config(Config, QUICK, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,25 @@ the share of the finetune's gain that the noise undoes (the authors' R, without 
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import ADAPTER_KINDS, Trait, curve_rows, solution_pair, toy_setup, write_rows
+import pandas as pd
+
+from experiments.common import (
+    Trait,
+    curve_rows,
+    finish,
+    parse_config,
+    save_figure,
+    solution_pair,
+    toy_setup,
+)
 from experiments.run_dir import RunDir
 from mech.analysis import at_norm, noise_curve
 from mech.finetune import CachedChatSet
+from viz.figures import curves
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,8 @@ class Config:
     eps_values: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     noise_seeds: int = 10
     question_stride: int = 1
+    from_run: str | None = None
+    """Analyse the solutions saved by an earlier run (e.g. `narrow_kl`) instead of training."""
     out: str = "runs"
 
 
@@ -58,7 +70,7 @@ def main(cfg: Config) -> Path:
         per_seed = []
         for seed in cfg.seeds:
             adapters, measured, summaries = solution_pair(setup, run, kind=kind, seed=seed, steps=cfg.steps,
-                                                          narrow_kl=cfg.narrow_kl, l2_weight=cfg.l2_weight, questions=questions)  # fmt: skip
+                                                          narrow_kl=cfg.narrow_kl, l2_weight=cfg.l2_weight, from_run=cfg.from_run, questions=questions)  # fmt: skip
             rows += measured
             data = CachedChatSet.build(
                 setup.model,
@@ -106,38 +118,21 @@ def main(cfg: Config) -> Path:
         ]
         results["adapters"][kind] = {"per_seed": per_seed, "eps_compared": float(mid), "narrow_over_general_delta": ratios,
                                      "general_more_stable_in": sum(r > 1 for r in ratios), "seeds": len(ratios)}  # fmt: skip
-    results["seconds"] = time.perf_counter() - started
-    write_rows(run, rows)
-    run.save_results(results)
-    run.set_status("done")
-    return run.path
+    save_figure(
+        run,
+        "noise",
+        curves(
+            pd.DataFrame(rows),
+            x="eps",
+            metric="delta",
+            title="loss increase under orthogonal noise, matched norm",
+        ),
+    )
+    return finish(run, rows, results, started)
 
 
 def parse_args(argv=None) -> Config:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 60 s), for tests")
-    parser.add_argument("--organism", default=Config.organism)
-    parser.add_argument("--narrow-domain", default=Config.narrow_domain)
-    parser.add_argument("--trait", choices=("misalignment", "technical"), default=Config.trait)
-    parser.add_argument("--adapters", help=f"comma-separated kinds from {ADAPTER_KINDS}")
-    parser.add_argument("--seeds", help="comma-separated seeds")
-    parser.add_argument("--narrow-kl", type=float)
-    parser.add_argument("--noise-seeds", type=int)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--l2-weight", type=float)
-    parser.add_argument("--out", default=Config.out)
-    args = parser.parse_args(argv)
-    cfg = Config(organism=args.organism, narrow_domain=args.narrow_domain, trait=args.trait, out=args.out)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    overrides = {
-        "adapters": tuple(args.adapters.split(",")) if args.adapters else None,
-        "seeds": tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
-        "narrow_kl": args.narrow_kl, "noise_seeds": args.noise_seeds, "steps": args.steps, "l2_weight": args.l2_weight,
-    }  # fmt: skip
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return parse_config(Config, QUICK, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def test_each_experiment_writes_a_well_formed_run_folder(name, tmp_path):
     assert rows and tuple(rows[0]) == COLUMNS
     assert all(math.isfinite(float(r["value"])) for r in rows)
     assert list((path / "adapters").glob("*.safetensors"))
+    figures = list((path / "figures").glob("*.png"))
+    assert figures and all(f.stat().st_size > 5000 for f in figures)
 
 
 def test_another_narrow_domain_and_the_technical_trait(tmp_path):
@@ -63,6 +65,17 @@ def test_another_narrow_domain_and_the_technical_trait(tmp_path):
     assert {r["metric"] for r in rows if r["adapter"] == "none"} == {"p_technical"}
     with pytest.raises(ValueError, match="unknown narrow domain"):
         _run("emergence", tmp_path, "--narrow-domain", "astrology")
+
+
+@pytest.mark.parametrize("name", ["efficiency", "stability", "pretraining_kl"])
+def test_analyses_reuse_the_solutions_of_a_sweep(name, tmp_path):
+    sweep = _run("narrow_kl", tmp_path / "sweep", "--adapters", "lora_r1", "--kl-weights", "0,1")
+    path = _run(name, tmp_path, "--from-run", str(sweep), "--narrow-kl", "1", "--adapters", "lora_r1")
+    assert not (path / "adapters").exists()  # nothing trained
+    results = json.loads((path / "results.json").read_text())
+    assert results["adapters"]["lora_r1"]["per_seed"]
+    with pytest.raises(FileNotFoundError, match="no lora_r1 solution with KL 10"):
+        _run(name, tmp_path, "--from-run", str(sweep), "--narrow-kl", "10", "--adapters", "lora_r1")
 
 
 def test_same_seed_same_results(tmp_path):
@@ -82,3 +95,23 @@ def test_quick_cli_runs(name, tmp_path):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{name} -> " in done.stdout
+
+
+def test_findings_come_from_the_runs_and_the_report_is_offline(tmp_path):
+    from experiments.summary import findings
+    from viz.report import write_report
+
+    sweep = _run("narrow_kl", tmp_path / "sweep", "--adapters", "lora_r1", "--kl-weights", "0,1")
+    analysis = _run(
+        "efficiency", tmp_path, "--from-run", str(sweep), "--narrow-kl", "1", "--adapters", "lora_r1"
+    )
+    rows = findings([sweep, analysis])
+    assert [r["finding"].split(":")[0] for r in rows] == [
+        "EM",
+        "a narrow solution exists under KL (narrow rate kept, no EM)",
+        "efficiency",
+    ]
+    gap = json.loads((analysis / "results.json").read_text())["adapters"]["lora_r1"]["mean_gap"]
+    assert f"{gap:+.4f}" in rows[2]["measured"] and rows[2]["verdict"] == ("reproduced" if gap > 0 else "not")
+    page = write_report(tmp_path / "report.html", "t", rows, [sweep, analysis]).read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "http://" not in page and "https://" not in page

@@ -43,3 +43,7 @@ def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
 
 def paragraph(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
+
+
+def escape_text(text: str) -> str:
+    return html.escape(text)

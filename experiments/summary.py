@@ -1,0 +1,160 @@
+"""The paper's findings, read from experiment run folders: one row per finding and adapter kind,
+with what was measured and a verdict (reproduced / partly / not). Nothing here is typed in: every
+number comes from a `results.json`.
+
+    python -m experiments.summary runs/science/narrow_kl/<run> runs/science/efficiency/<run> ... [--report out.html]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import mean
+
+
+def _verdict(agree: int, total: int) -> str:
+    if total == 0:
+        return "n/a"
+    return "reproduced" if agree == total else ("partly" if agree > 0 else "not")
+
+
+def _emergence(results: dict, source: str) -> list[dict]:
+    chat = results["chat"]
+    rows = []
+    for kind, r in results["adapters"].items():
+        general = (
+            r["by_kl"]["0.0"]
+            if "by_kl" in r
+            else [dict(zip(r, v, strict=True)) for v in zip(*r.values(), strict=True)]
+        )
+        lift = [g["kl_domains_heldout"] - chat["kl_domains_heldout"] for g in general]
+        held = [g["heldout_domains"] - chat["heldout_domains"] for g in general]
+        agree = sum(a > 0.02 and b > 0.02 for a, b in zip(lift, held, strict=True))
+        rows.append({"finding": "EM: a narrow finetune (no KL) raises the trait in other domains", "adapter": kind,
+                     "measured": f"KL domains +{mean(lift):.3f}, held-out domains +{mean(held):.3f} over chat "
+                                 f"(narrow {mean(g['narrow_heldout'] for g in general):.3f}); {len(lift)} seeds",
+                     "verdict": _verdict(agree, len(lift)), "source": source})  # fmt: skip
+    return rows
+
+
+def _narrow(results: dict, source: str) -> list[dict]:
+    rows = []
+    for kind, r in results["adapters"].items():
+        found = r["narrow_solution"]
+        agree = sum(bool(v) for v in found.values())
+        weights = sorted({w for v in found.values() for w in v})
+        rows.append({"finding": "a narrow solution exists under KL (narrow rate kept, no EM)", "adapter": kind,
+                     "measured": f"narrow at KL {weights or 'none'} in {agree}/{len(found)} seeds",
+                     "verdict": _verdict(agree, len(found)), "source": source})  # fmt: skip
+    return rows
+
+
+def _efficiency(results: dict, source: str) -> list[dict]:
+    return [{"finding": "efficiency: general has lower loss at matched norm", "adapter": kind,
+             "measured": f"narrow - general loss {mean(r['loss_gap_at_matched_norm']):+.4f} nats (mean; general lower in "
+                         f"{r['general_more_efficient_in']}/{r['seeds']} seeds)",
+             "verdict": _verdict(r["general_more_efficient_in"], r["seeds"]), "source": source}
+            for kind, r in results["adapters"].items()]  # fmt: skip
+
+
+def _stability(results: dict, source: str) -> list[dict]:
+    return [{"finding": "stability: general loses less under orthogonal noise (matched norm)", "adapter": kind,
+             "measured": f"narrow / general loss increase at eps {r['eps_compared']:g}: "
+                         + ", ".join(f"{x:.2f}" for x in r["narrow_over_general_delta"]),
+             "verdict": _verdict(r["general_more_stable_in"], r["seeds"]), "source": source}
+            for kind, r in results["adapters"].items()]  # fmt: skip
+
+
+def _revert(results: dict, source: str) -> list[dict]:
+    rows = []
+    for kind, trajectories in results["adapters"].items():
+        runs = [t for name, t in trajectories.items() if name.startswith("remove_kl")]
+        changes = []
+        for t in runs:
+            with_kl = [p for p in t if p["kl_weight"] != 0]
+            before = with_kl[-1] if with_kl else t[0]  # the last snapshot before the KL was removed
+            changes.append(
+                (
+                    before["cosine_to_general"],
+                    t[-1]["cosine_to_general"],
+                    before["kl_domains_heldout"],
+                    t[-1]["kl_domains_heldout"],
+                )
+            )
+        agree = sum(c[1] > c[0] for c in changes)
+        rows.append({"finding": "revert: without KL, training drifts back to the general solution", "adapter": kind,
+                     "measured": "; ".join(f"cos {a:.2f} -> {b:.2f}, KL-domain rate {c:.3f} -> {d:.3f}" for a, b, c, d in changes),
+                     "verdict": _verdict(agree, len(changes)), "source": source})  # fmt: skip
+    return rows
+
+
+def _pretraining(results: dict, source: str) -> list[dict]:
+    return [{"finding": "pre-training significance: the general direction changes pre-training text more", "adapter": kind,
+             "measured": f"general KL > narrow KL in {r['general_above_narrow']}/{r['comparisons']} (norm, seed) pairs",
+             "verdict": _verdict(r["general_above_narrow"], r["comparisons"]), "source": source}
+            for kind, r in results["adapters"].items()]  # fmt: skip
+
+
+def _persona(results: dict, source: str) -> list[dict]:
+    organisms = sorted(results["organisms"].values(), key=lambda o: o["narrow_share"])
+    rows = []
+    for kind in organisms[0]["adapters"]:
+        em = [mean(s["general"]["kl_domains_heldout"] for s in o["adapters"][kind]) for o in organisms]
+        shares = [o["narrow_share"] for o in organisms]
+        falling = sum(b < a for a, b in zip(em, em[1:], strict=False))
+        rows.append({"finding": "(beyond the paper) more narrowly-bad personas in pre-training -> less EM", "adapter": kind,
+                     "measured": ", ".join(f"{s:.0%}: {e:.3f}" for s, e in zip(shares, em, strict=True)) + " (KL-domain rate, general solution)",
+                     "verdict": _verdict(falling, len(em) - 1), "source": source})  # fmt: skip
+    return rows
+
+
+READERS = {"emergence": _emergence, "narrow_kl": _narrow, "efficiency": _efficiency, "stability": _stability,
+           "revert": _revert, "pretraining_kl": _pretraining, "persona_share": _persona}  # fmt: skip
+
+
+def findings(run_paths: list[Path]) -> list[dict]:
+    """Finding rows from run folders (`runs/<experiment>/<run>`), in the order given."""
+    rows = []
+    for path in run_paths:
+        experiment = path.parent.name
+        if experiment not in READERS:
+            raise ValueError(f"{path}: not a run folder of a known experiment ({sorted(READERS)})")
+        results = json.loads((path / "results.json").read_text())
+        rows += READERS[experiment](results, str(path))
+        if experiment == "narrow_kl":
+            general = {"chat": results["chat"], "adapters": results["adapters"]}
+            rows = (
+                rows[: len(rows) - len(results["adapters"])]
+                + _emergence(general, str(path))
+                + rows[len(rows) - len(results["adapters"]) :]
+            )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    width = max(len(r["finding"]) for r in rows)
+    print(f"{'finding':<{width}}  {'adapter':<13} {'verdict':<10} measured")
+    for r in rows:
+        print(f"{r['finding']:<{width}}  {r['adapter']:<13} {r['verdict']:<10} {r['measured']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", help="run folders, runs/<experiment>/<run>")
+    parser.add_argument("--report", help="also write the offline HTML report here")
+    args = parser.parse_args(argv)
+    paths = [Path(p) for p in args.runs]
+    rows = findings(paths)
+    print_table(rows)
+    if args.report:
+        from viz.report import write_report
+
+        print(f"report: {write_report(args.report, 'misalign-lens: toy organism study', rows, paths)}")
+
+
+if __name__ == "__main__":
+    main()
