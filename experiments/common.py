@@ -39,6 +39,32 @@ paper's rank-32 kind; rank 8 is what the round-2 notes recommend at toy scale); 
 vector at every layer (the notes' low-capacity reference)."""
 
 
+@dataclass(frozen=True)
+class StudyConfig:
+    """Fields every experiment shares; each script's `Config` extends it (and may change defaults)."""
+
+    organism: str = "default"
+    narrow_domain: str = "medical"
+    trait: Trait = "misalignment"
+    adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8", "lora_r32")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    l2_weight: float = 1e-3
+    """Norm control on the update's squared norm, alike for general and narrow runs."""
+    question_stride: int = 1
+    """Measure on every `question_stride`-th evaluation question (1 = all)."""
+    out: str = "runs"
+
+
+@dataclass(frozen=True)
+class PairConfig(StudyConfig):
+    """The analyses of a general (KL 0) / narrow (KL `narrow_kl`) pair of solutions."""
+
+    steps: int = 300
+    narrow_kl: float = 10.0
+    from_run: str | None = None
+    """Analyse the solutions saved by an earlier run (e.g. `narrow_kl`) instead of training."""
+
+
 def make_adapter(kind: str, model: HookedTransformer, layer: int, seed: int) -> Adapter:
     """A fresh adapter of `kind` for the middle block `layer` (steering enters that block)."""
     d = model.cfg.d_model

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.common import (
-    Trait,
+    PairConfig,
     curve_rows,
     finish,
     parse_config,
@@ -36,21 +36,9 @@ from viz import figures
 
 
 @dataclass(frozen=True)
-class Config:
-    organism: str = "default"
-    narrow_domain: str = "medical"
-    trait: Trait = "misalignment"
-    adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8", "lora_r32")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 300
-    narrow_kl: float = 10.0
-    l2_weight: float = 1e-3
+class Config(PairConfig):
     max_scale: float = 2.0
     n_scales: int = 41
-    question_stride: int = 1
-    from_run: str | None = None
-    """Analyse the solutions saved by an earlier run (e.g. `narrow_kl`) instead of training."""
-    out: str = "runs"
 
 
 QUICK = dict(adapters=("lora_r1",), seeds=(0,), steps=40, n_scales=11, question_stride=6)

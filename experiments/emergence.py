@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common import (
-    Trait,
+    StudyConfig,
     finish,
     headline,
     measure,
@@ -34,19 +34,11 @@ from viz.figures import rates_by_role
 
 
 @dataclass(frozen=True)
-class Config:
-    organism: str = "default"
-    narrow_domain: str = "medical"
-    trait: Trait = "misalignment"
-    adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8", "lora_r32")
-    seeds: tuple[int, ...] = (0, 1, 2)
+class Config(StudyConfig):
     steps: int = 300
     l2_weight: float = 0.0
     mix_ratios: tuple[int, ...] = (1, 6, 12)
     few_samples: tuple[int, ...] = (4, 25)
-    question_stride: int = 1
-    """Measure on every `question_stride`-th evaluation question (1 = all)."""
-    out: str = "runs"
 
 
 QUICK = dict(

@@ -22,7 +22,7 @@ from statistics import mean
 import pandas as pd
 
 from experiments.common import (
-    Trait,
+    StudyConfig,
     finish,
     headline,
     measure,
@@ -37,20 +37,12 @@ from viz.figures import rates_by_role
 
 
 @dataclass(frozen=True)
-class Config:
-    organism: str = "default"
-    narrow_domain: str = "medical"
-    trait: Trait = "misalignment"
-    adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8", "lora_r32")
+class Config(StudyConfig):
     kl_weights: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
-    seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 300
-    l2_weight: float = 1e-3
     footnote_scale: float = 2.0
     narrow_ratio: float = 0.8
     em_tolerance: float = 0.02
-    question_stride: int = 1
-    out: str = "runs"
 
 
 QUICK = dict(adapters=("steering", "lora_r1"), kl_weights=(0.0, 1.0), seeds=(0,), steps=40, question_stride=6)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from experiments.common import (
-    Trait,
+    PairConfig,
     finish,
     parse_config,
     save_figure,
@@ -34,22 +34,11 @@ from viz.figures import curves
 
 
 @dataclass(frozen=True)
-class Config:
-    organism: str = "default"
-    narrow_domain: str = "medical"
-    trait: Trait = "misalignment"
+class Config(PairConfig):
     adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 300
-    narrow_kl: float = 10.0
-    l2_weight: float = 1e-3
     norm_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)
     docs: int = 200
     text: str | None = None
-    question_stride: int = 1
-    from_run: str | None = None
-    """Analyse the solutions saved by an earlier run (e.g. `narrow_kl`) instead of training."""
-    out: str = "runs"
 
 
 QUICK = dict(

@@ -18,7 +18,7 @@ import pandas as pd
 
 from experiments.common import (
     KL_BATCH,
-    Trait,
+    StudyConfig,
     finish,
     headline,
     learning_rate,
@@ -37,18 +37,13 @@ from viz.figures import curves
 
 
 @dataclass(frozen=True)
-class Config:
-    organism: str = "default"
-    narrow_domain: str = "medical"
-    trait: Trait = "misalignment"
+class Config(StudyConfig):
     adapters: tuple[str, ...] = ("lora_r1", "lora_r8")
     seeds: tuple[int, ...] = (0,)
     kl: float = 10.0
     phase_steps: int = 300
     every: int = 50
-    l2_weight: float = 1e-3
     question_stride: int = 3
-    out: str = "runs"
 
 
 QUICK = dict(adapters=("lora_r1",), phase_steps=30, every=15, question_stride=12)

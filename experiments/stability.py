@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common import (
-    Trait,
+    PairConfig,
     curve_rows,
     finish,
     parse_config,
@@ -33,21 +33,9 @@ from viz.figures import curves
 
 
 @dataclass(frozen=True)
-class Config:
-    organism: str = "default"
-    narrow_domain: str = "medical"
-    trait: Trait = "misalignment"
-    adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8", "lora_r32")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 300
-    narrow_kl: float = 10.0
-    l2_weight: float = 1e-3
+class Config(PairConfig):
     eps_values: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     noise_seeds: int = 10
-    question_stride: int = 1
-    from_run: str | None = None
-    """Analyse the solutions saved by an earlier run (e.g. `narrow_kl`) instead of training."""
-    out: str = "runs"
 
 
 QUICK = dict(
