@@ -179,6 +179,19 @@ def write_rows(run: RunDir, rows: Sequence[dict]) -> None:
         writer.writerows(rows)
 
 
+TABLE_COLUMNS = ("analysis", "a", "b", "metric", "value")
+"""`results.csv` of the direction experiments: `analysis` names a table, `a` and `b` its row and
+column (e.g. ablation: finetune, direction; cosine: vector, vector), `metric` what `value` is."""
+
+
+def write_table(run: RunDir, rows: Sequence[dict]) -> None:
+    """`results.csv` in the `TABLE_COLUMNS` long format."""
+    with (run.path / "results.csv").open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(TABLE_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def finetune_config(
     kind: str,
     *,

@@ -14,7 +14,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments import efficiency, emergence, narrow_kl, persona_share, pretraining_kl, revert, stability
+from experiments import (
+    directions,
+    efficiency,
+    emergence,
+    narrow_kl,
+    persona_share,
+    pretraining_kl,
+    revert,
+    sae_compare,
+    stability,
+)
 from experiments.summary import findings, print_table
 from viz.report import write_report
 
@@ -27,7 +37,7 @@ def plan(out: str, quick: bool):
     if quick:
         return [
             (m, replace(m.parse_args(["--quick"]), **base))
-            for m in (narrow_kl, emergence, revert, persona_share)
+            for m in (narrow_kl, emergence, revert, persona_share, directions, sae_compare)
         ]
     sweep = replace(
         narrow_kl.Config(),
@@ -46,6 +56,9 @@ def plan(out: str, quick: bool):
         (emergence, replace(emergence.Config(), adapters=ADAPTERS, seeds=(0,), steps=150, mix_ratios=(6,), few_samples=(8,), question_stride=3, **base)),
         (revert, replace(revert.Config(), adapters=("lora_r1",), phase_steps=100, every=25, question_stride=6, **base)),
         (persona_share, replace(persona_share.Config(), adapters=("lora_r1",), seeds=(0,), steps=100, noise_seeds=5, question_stride=6, **base)),
+        (directions, replace(directions.Config(), finetunes=("lora_r1:medical", "lora_r8:medical", "lora_r8:finance"), steps=150,
+                             samples=2, steer_scales=(0.0, 2.0, 4.0, 8.0), lens_kl_weights=(0.0, 10.0), persona_documents=200, question_stride=6, **base)),
+        (sae_compare, replace(sae_compare.Config(), steps=150, persona_documents=300, context_documents=150, question_stride=6, **base)),
     ]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """The one place where third-party noise is silenced: TransformerLens's HookedTransformer
-deprecation warning (and its stdout chatter), transformers' progress bars and peft's deprecation.
+deprecation warning (and its stdout chatter), the deprecation of `transformer_lens.utils` that
+importing sae_lens raises, transformers' progress bars and peft's deprecation.
 
 TransformerLens 3.x marks `HookedTransformer` as deprecated in favour of `TransformerBridge`, but
 sae_lens pins `transformer_lens<4`, so we build on `HookedTransformer` on purpose. Everything in
@@ -25,6 +26,16 @@ def quiet_deprecation() -> Iterator[None]:
     """Silence TransformerLens's HookedTransformer deprecation warning and its prints."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore", message=_DEPRECATION_PATTERN, category=DeprecationWarning)
+        yield
+
+
+@contextlib.contextmanager
+def quiet_sae_lens_import() -> Iterator[None]:
+    """Around `import sae_lens`: it imports `transformer_lens.utils`, deprecated in TL 3.x."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="The 'utils' module has been deprecated", category=DeprecationWarning
+        )
         yield
 
 

@@ -89,7 +89,7 @@ def test_same_seed_same_results(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("name", [*TINY, "directions", "sae_compare"])
 def test_quick_cli_runs(name, tmp_path):
     done = subprocess.run([sys.executable, "-m", f"experiments.{name}", "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -115,3 +115,44 @@ def test_findings_come_from_the_runs_and_the_report_is_offline(tmp_path):
     assert f"{gap:+.4f}" in rows[2]["measured"] and rows[2]["verdict"] == ("reproduced" if gap > 0 else "not")
     page = write_report(tmp_path / "report.html", "t", rows, [sweep, analysis]).read_text()
     assert page.count("data:image/png;base64,") >= 2 and "http://" not in page and "https://" not in page
+
+
+def test_directions_experiment_writes_the_matrix_probes_and_cosines(tmp_path):
+    from experiments import directions
+
+    cfg = replace(directions.parse_args(["--quick", "--out", str(tmp_path)]), steps=30, question_stride=24,
+                  samples=2, steer_scales=(0.0, 4.0), lens_every=15, persona_documents=80)  # fmt: skip
+    path = directions.main(cfg)
+    results = json.loads((path / "results.json").read_text())
+    assert json.loads((path / "run.json").read_text())["status"] == "done"
+    found = [name for name in cfg.finetunes if "note" not in results["finetunes"][name]]
+    assert found, results["finetunes"]
+    matrix = results["ablation"]["em_rate"]
+    assert set(matrix) == set(cfg.finetunes)
+    expected = {"none"} | set(found) | {f"random:{name}" for name in found}
+    assert all(set(row) == expected for row in matrix.values())
+    assert _finite(results["ablation"]) and _finite(results["cosines"])
+    assert results["cosines"]["persona mean-diff"]["persona mean-diff"] == pytest.approx(1.0)
+    assert 0.5 <= results["probes"]["persona"]["logistic"]["auroc"] <= 1.0
+    rows = list(csv.DictReader((path / "results.csv").open()))
+    assert {r["analysis"] for r in rows} >= {"ablation", "steering", "cosine", "training_lens"}
+    for name in ("ablation_matrix", "steering_sweep", "cosines", "training_lens"):
+        assert (path / "figures" / f"{name}.png").stat().st_size > 5000
+
+
+def test_sae_compare_ranks_latents_and_scores_the_persona(tmp_path):
+    from experiments import sae_compare
+
+    cfg = replace(sae_compare.parse_args(["--quick", "--out", str(tmp_path)]), steps=20, question_stride=36,
+                  k=3, persona_documents=80, context_documents=20)  # fmt: skip
+    path = sae_compare.main(cfg)
+    results = json.loads((path / "results.json").read_text())
+    assert results["hook"] == "blocks.2.hook_resid_pre" and results["d_sae"] > 0
+    for name in ("steering general", "steering narrow"):
+        top = results["directions"][name]["top_by_cosine"]
+        assert len(top) == 3 and top[0]["cosine"] >= top[-1]["cosine"]
+    persona = results["persona"]
+    assert 0.5 <= persona["best_latent_auroc"] <= 1.0 and 0.5 <= persona["probe_auroc"] <= 1.0
+    assert (path / "contexts.csv").stat().st_size > 100
+    assert (path / "figures" / "latent_cosines.png").stat().st_size > 5000
+    assert _finite(results["sae_on_fresh_text"])

@@ -62,6 +62,41 @@ def share_plot(frame: pd.DataFrame) -> plt.Figure:
     return grid.figure
 
 
+def heatmap(table: pd.DataFrame, *, title: str, fmt: str = ".2f", center: float | None = None) -> plt.Figure:
+    """A labelled matrix (rows x columns of `table`) with its values written in the cells."""
+    fig, ax = plt.subplots(figsize=(1.1 * len(table.columns) + 3, 0.6 * len(table) + 2))
+    sns.heatmap(table.astype(float), annot=True, fmt=fmt, cmap="vlag" if center is not None else "rocket_r",
+                center=center, ax=ax, cbar=False)  # fmt: skip
+    ax.set(title=title, xlabel=table.columns.name or "", ylabel=table.index.name or "")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_plot(frame: pd.DataFrame, *, x: str, y: str, hue: str, title: str) -> plt.Figure:
+    """`y` against `x`, one line per `hue` value (e.g. EM rate against steering strength)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(frame, x=x, y=y, hue=hue, marker="o", ax=ax)
+    ax.set(title=title)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_plot(frame: pd.DataFrame, *, explained: list[float], title: str) -> plt.Figure:
+    """Checkpoints on the first two principal components, one path per label, start marked."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sns.lineplot(frame, x="pc1", y="pc2", hue="label", sort=False, marker="o", ax=ax)
+    starts = frame.sort_values("step").groupby("label").head(1)
+    ax.scatter(starts["pc1"], starts["pc2"], color="black", marker="x", zorder=3, label="start")
+    ax.set(
+        title=title,
+        xlabel=f"PC1 ({explained[0]:.0%})",
+        ylabel=f"PC2 ({explained[1]:.0%})" if len(explained) > 1 else "",
+    )
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: plt.Figure, path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)

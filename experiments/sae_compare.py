@@ -1,0 +1,206 @@
+"""SAE comparison: which SAE latents do the general and narrow directions point along, and does a
+single latent track the toy world's latent persona?
+
+    python -m experiments.sae_compare [--quick] [--sae toy] [--narrow-domain medical]
+
+1. General (KL 0) and narrow (KL `--narrow-kl`) steering vectors entering the SAE's layer, and the
+   general finetune's mean-diff direction from its own judged answers (misaligned minus aligned).
+2. For each direction, the top-k latents by decoder cosine; for misaligned vs aligned answers, the
+   top-k latents by mean activation difference (latents of every answer token, averaged per answer).
+3. Persona: each latent's AUROC for malicious vs benign pre-training documents (latents averaged
+   over the document); the best latent against a logistic probe on the residual itself.
+4. Each highlighted latent's top-activating contexts in pre-training text (`contexts.csv`).
+
+The SAE is the one shipped with the toy organism (`--sae toy`, trained by `python -m probes.sae
+--train-toy`) or any sae_lens folder whose hook is a `hook_resid_pre` the adapters can enter.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from experiments.common import (
+    finetune_config,
+    make_adapter,
+    parse_config,
+    save_figure,
+    toy_setup,
+    write_table,
+)
+from experiments.run_dir import RunDir
+from mech.adapter_io import save_adapter
+from mech.directions import (
+    answer_batches,
+    conversations_from_answers,
+    label_answers,
+    misalignment_direction,
+    pooled_activations,
+    text_batches,
+)
+from mech.finetune import finetune
+from mech.generate import SamplingConfig, sample_answers
+from mech.judge import score_frame
+from mech.toy.evaluate import toy_questions
+from mech.toy.judge import ToyJudge
+from probes.linear import LogisticProbe, evaluate, split
+from probes.metrics import auroc_per_column
+from probes.sae import (
+    check_sae_fits,
+    evaluate_sae,
+    latent_activations,
+    latents_by_cosine,
+    load_sae,
+    token_activations,
+    top_contexts,
+)
+from viz.figures import heatmap
+
+
+@dataclass(frozen=True)
+class Config:
+    organism: str = "default"
+    sae: str = "toy"
+    narrow_domain: str = "medical"
+    steps: int = 150
+    narrow_kl: float = 10.0
+    seed: int = 0
+    samples: int = 2
+    k: int = 10
+    persona_documents: int = 600
+    context_documents: int = 300
+    question_stride: int = 3
+    out: str = "runs"
+
+
+QUICK = dict(steps=30, samples=1, k=5, persona_documents=150, context_documents=60, question_stride=12)
+
+
+def main(cfg: Config) -> Path:
+    run = RunDir.create(Path(cfg.out), "sae_compare", cfg)
+    started = time.perf_counter()
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain)
+    model, world = setup.model, setup.world
+    sae = load_sae(cfg.sae)
+    hook = check_sae_fits(sae, model)
+    layer, point = int(hook.split(".")[1]), hook.rsplit("_", 1)[1]
+    if point != "pre":
+        raise ValueError(
+            f"sae_compare trains steering vectors entering a block: it needs a hook_resid_pre SAE, not {hook!r}"
+        )
+
+    def encode(acts: torch.Tensor) -> torch.Tensor:
+        return latent_activations(sae, acts.reshape(-1, acts.shape[-1])).reshape(*acts.shape[:-1], -1)
+
+    # 1. Directions.
+    vectors, general = {}, None
+    for label, weight in (("general", 0.0), ("narrow", cfg.narrow_kl)):
+        vector = make_adapter("steering", model, layer, cfg.seed)
+        ft_cfg = finetune_config("steering", steps=cfg.steps, kl_weight=weight, seed=cfg.seed)
+        finetune(model, vector, setup.train, setup.kl_set(vector) if weight else None, ft_cfg, progress=False)
+        save_adapter(
+            run.path / "adapters" / f"steering_{label}", vector, model, config={"finetune": ft_cfg.to_dict()}
+        )
+        vectors[f"steering {label}"] = vector.effective().detach()
+        general = vector if weight == 0 else general
+    sampling = SamplingConfig(n_samples=cfg.samples, temperature=1.0, max_new_tokens=24, seed=cfg.seed + 1)
+    with general.applied(model):
+        scored = score_frame(
+            ToyJudge(world), sample_answers(model, toy_questions(world)[:: cfg.question_stride], sampling)
+        )
+        counts = label_answers(scored).value_counts().to_dict()
+        results: dict = {"hook": hook, "d_sae": sae.cfg.d_sae, "answers": counts}
+        if counts.get("misaligned", 0) and counts.get("aligned", 0):
+            found, _, labels = misalignment_direction(model, scored, layers=[layer], seed=cfg.seed)
+            vectors["mean-diff general"] = found.at(layer)
+            answers = scored[labels.reindex(scored.index).notna().to_numpy()]
+            latent_means = pooled_activations(model, answer_batches(model, conversations_from_answers(answers)),
+                                              layers=[layer], transform=encode).per_example()[0]  # fmt: skip
+            bad = torch.tensor((labels == "misaligned").to_numpy())
+            diff = latent_means[bad].mean(0) - latent_means[~bad].mean(0)
+            top = torch.argsort(diff, descending=True)[: cfg.k]
+            by_diff = pd.DataFrame({"latent": top.tolist(), "diff": diff[top].tolist()})
+        else:
+            by_diff = pd.DataFrame(columns=["latent", "diff"])
+            results["note"] = (
+                "the general finetune wrote no misaligned or no aligned answer: no mean-diff direction"
+            )
+
+    # 2. Latents by decoder cosine, and by activation difference.
+    rows, tops = [], {}
+    for name, direction in vectors.items():
+        by_cos = latents_by_cosine(sae, direction, k=cfg.k)
+        tops[name] = by_cos
+        rows += [{"analysis": "top_by_cosine", "a": name, "b": str(r.latent), "metric": "cosine", "value": r.cosine} for r in by_cos.itertuples()]  # fmt: skip
+    rows += [{"analysis": "top_by_activation_diff", "a": "misaligned - aligned", "b": str(r.latent), "metric": "diff", "value": r.diff} for r in by_diff.itertuples()]  # fmt: skip
+    results["directions"] = {name: {"top_by_cosine": t.to_dict(orient="records"), "max_cosine": float(t["cosine"].max())} for name, t in tops.items()}  # fmt: skip
+    results["top_by_activation_diff"] = by_diff.to_dict(orient="records")
+
+    # 3. Persona: per-latent AUROC on pre-training documents, against a probe on the residual.
+    rng = random.Random(cfg.seed)
+    documents = [world.pretraining_document(rng) for _ in range(cfg.persona_documents)]
+    documents = [
+        (text, p.alignment == "malicious") for text, p in documents if p.alignment in ("malicious", "benign")
+    ]
+    texts, persona = [t for t, _ in documents], torch.tensor([bad for _, bad in documents])
+    batches = text_batches(model, texts)
+    doc_latents = pooled_activations(model, batches, layers=[layer], transform=encode).per_example()[0]
+    doc_resid = pooled_activations(model, batches, layers=[layer]).per_example()[0]
+    aurocs = auroc_per_column(doc_latents, persona)
+    best = int(torch.argmax(aurocs))
+    train, test = split(len(persona), seed=cfg.seed)
+    probe = evaluate(LogisticProbe.fit(doc_resid[train], persona[train]), doc_resid[test], persona[test])
+    decoder = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=-1)
+    best_cosines = {name: float(decoder[best] @ (v / v.norm())) for name, v in vectors.items()}
+    results["persona"] = {"best_latent": best, "best_latent_auroc": float(aurocs[best]), "probe_auroc": probe["auroc"],
+                          "top_latents": [{"latent": int(j), "auroc": float(aurocs[j])} for j in torch.argsort(aurocs, descending=True)[: cfg.k]],
+                          "best_latent_cosine": best_cosines, "documents": len(texts), "malicious": int(persona.sum())}  # fmt: skip
+    rows += [{"analysis": "persona_auroc", "a": "latent", "b": str(j), "metric": "auroc", "value": float(aurocs[j])} for j in range(len(aurocs))]  # fmt: skip
+    rows.append(
+        {
+            "analysis": "persona_auroc",
+            "a": "probe",
+            "b": "residual",
+            "metric": "auroc",
+            "value": probe["auroc"],
+        }
+    )
+
+    # 4. Contexts of every highlighted latent, and the SAE's reconstruction on fresh text.
+    highlighted = sorted(
+        {best}
+        | {int(t["latent"].iloc[0]) for t in tops.values()}
+        | set(by_diff["latent"].head(3).astype(int))
+    )
+    context_texts = world.pretraining_sample(cfg.context_documents, seed=3)
+    contexts = top_contexts(model, sae, context_texts, highlighted, k=5)
+    contexts.to_csv(run.path / "contexts.csv", index=False)
+    results["contexts"] = {str(j): contexts[contexts.latent == j]["context"].tolist() for j in highlighted}
+    results["sae_on_fresh_text"] = evaluate_sae(sae, token_activations(model, context_texts, hook)).to_dict()
+    table = pd.DataFrame({name: (decoder[highlighted] @ (v / v.norm())).numpy() for name, v in vectors.items()},
+                         index=pd.Index([f"latent {j}" for j in highlighted], name="latent"))  # fmt: skip
+    table.columns.name = "direction"
+    save_figure(
+        run,
+        "latent_cosines",
+        heatmap(table, title=f"decoder cosine of highlighted latents ({hook})", center=0.0),
+    )
+    results["seconds"] = time.perf_counter() - started
+    write_table(run, rows)
+    run.save_results(results)
+    run.set_status("done")
+    return run.path
+
+
+def parse_args(argv=None) -> Config:
+    return parse_config(Config, QUICK, __doc__, argv)
+
+
+if __name__ == "__main__":
+    path = main(parse_args())
+    print(f"sae_compare -> {path}")
