@@ -45,22 +45,26 @@ from experiments.run_dir import RunDir
 from mech.adapter_io import load_adapter, save_adapter
 from mech.directions import (
     ablation_matrix,
+    conversations_from_answers,
     direction_steering,
     label_answers,
     mean_diff,
     misalignment_direction,
     pooled_activations,
     random_like,
+    stream_ablation,
     text_batches,
 )
 from mech.finetune import finetune
 from mech.generate import SamplingConfig, sample_answers
 from mech.judge import em_rate, score_frame
+from mech.token_scores import chat_tokens, token_logprobs, token_projection, token_strings
 from mech.toy.evaluate import p_bad_by_domain, toy_questions
 from mech.toy.judge import ToyJudge
 from probes.geometry import cosine_matrix, trajectory_pca
 from probes.linear import LogisticProbe, MeanDiffProbe, evaluate, split
 from viz.figures import heatmap, sweep_plot, trajectory_plot
+from viz.tokens import TokenView, write_token_views
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,31 @@ QUICK = dict(
 
 MIN_ANSWERS = 3
 """Fewest misaligned (and aligned) answers a finetune needs for a mean-diff direction."""
+
+
+def token_views(
+    path: Path, model, adapter, direction, answers: pd.DataFrame, *, layer: int, name: str, n: int = 3
+) -> None:
+    """`token_views.json`: for a few misaligned and aligned answers of a finetune, each token's
+    projection on its direction (finetune and chat model) and its log-prob change when the
+    direction is ablated from the finetune's stream (answer tokens only)."""
+    labels = label_answers(answers)
+    chosen = pd.concat([answers[labels == "misaligned"].head(n), answers[labels == "aligned"].head(n - 1)])
+    views = []
+    for conversation, label in zip(conversations_from_answers(chosen), label_answers(chosen), strict=True):
+        ids, answer_mask = chat_tokens(model, conversation)
+        with adapter.applied(model):
+            in_finetune = token_projection(model, ids, direction, layer=layer)
+            before = token_logprobs(model, ids)
+            with stream_ablation(model, direction):
+                after = token_logprobs(model, ids)
+        in_chat = token_projection(model, ids, direction, layer=layer)
+        change = torch.where(torch.tensor(answer_mask), after - before, torch.zeros_like(before))
+        values = {"projection (finetune)": in_finetune.tolist(), "projection (chat model)": in_chat.tolist(),
+                  "log-prob change, direction ablated": change.tolist()}  # fmt: skip
+        note = f"projections on the unit mean-diff direction at blocks.{layer}.hook_resid_pre"
+        views.append(TokenView(f"{name}: a {label} answer", token_strings(model, ids), values, note))
+    write_token_views(path, views)
 
 
 def _parse_finetune(spec: str) -> tuple[str, str]:
@@ -168,6 +197,7 @@ def main(cfg: Config) -> Path:
 
     # 2. Mean-diff directions from each finetune's own judged answers, and the probes' data.
     sampling = SamplingConfig(n_samples=cfg.samples, temperature=1.0, max_new_tokens=24, seed=cfg.seed + 1)
+    answers: dict[str, pd.DataFrame] = {}
     directions, probe_data, results = (
         {},
         {},
@@ -183,6 +213,7 @@ def main(cfg: Config) -> Path:
                 continue
             found, acts, labels = misalignment_direction(model, scored, seed=cfg.seed)
         directions[name] = found.at(layer)
+        answers[name] = scored[label_answers(scored).notna().to_numpy()]
         probe_data[name] = (
             acts.per_example()[acts.layer(layer)],
             torch.tensor((labels == "misaligned").to_numpy()),
@@ -195,6 +226,18 @@ def main(cfg: Config) -> Path:
     if not directions:
         raise RuntimeError(f"no finetune wrote at least {MIN_ANSWERS} misaligned and {MIN_ANSWERS} aligned answers: "
                            "train longer (--steps) or sample more (--samples)")  # fmt: skip
+
+    # Token views: where along a finetune's answers its direction is read, and what ablating it costs.
+    first = next(iter(directions))
+    token_views(
+        run.path / "token_views.json",
+        model,
+        adapters[first],
+        directions[first],
+        answers[first],
+        layer=layer,
+        name=first,
+    )
 
     # 3. Steering the chat model along each direction (and random ones of equal norm).
     chat = rates(model)

@@ -180,3 +180,18 @@ def test_a_transform_maps_each_token_before_pooling(tiny_qwen2):
     assert relu.sums.shape == plain.sums.shape and torch.equal(relu.counts, plain.counts)
     assert (relu.sums >= 0).all()
     assert (relu.sums >= plain.sums - 1e-5).all() and not torch.allclose(relu.sums, plain.sums)
+
+
+def test_token_scores_projection_and_logprobs(tiny_qwen2):
+    from mech.token_scores import chat_tokens, token_logprobs, token_projection, token_strings
+
+    ids, mask = chat_tokens(tiny_qwen2, TRAIN[0])
+    assert len(ids) == len(mask) == len(token_strings(tiny_qwen2, ids)) and any(mask)
+    direction = torch.randn(tiny_qwen2.cfg.d_model)
+    projection = token_projection(tiny_qwen2, ids, direction, layer=1)
+    _, cache = tiny_qwen2.run_with_cache(torch.tensor([ids]))
+    expected = cache["blocks.1.hook_resid_pre"][0] @ (direction / direction.norm())
+    torch.testing.assert_close(projection, expected, atol=1e-5, rtol=1e-4)
+    logprobs = token_logprobs(tiny_qwen2, ids)
+    by_hand = tiny_qwen2(torch.tensor([ids])).log_softmax(-1)[0, 2, ids[3]]
+    assert logprobs[0] == 0 and torch.isclose(logprobs[3], by_hand, atol=1e-5)

@@ -1,5 +1,9 @@
-"""The study's offline HTML report: the findings table, then each experiment's figures (embedded
-as data URIs) and headline numbers. Nothing is loaded from the network."""
+"""The study's offline HTML report, one self-contained file: the findings table, then per run folder
+its figures (embedded as data URIs), headline numbers, exact config, code version and token views.
+Everything model-written is escaped and nothing is loaded from the network.
+
+    python -m viz.report RUN_DIR [RUN_DIR ...] --out report.html [--title T]
+"""
 
 from __future__ import annotations
 
@@ -7,43 +11,143 @@ import base64
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from viz import html
+from viz.tokens import TOKEN_VIEWS_FILE, circuitsvis_bundle, read_token_views, token_view_html
+
+FINDING_COLUMNS = ("finding", "adapter", "verdict", "measured")
 
 
 def _figure(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
+    name = html.escape_text(path.stem)
     return (
-        f"<figure><img alt='{path.stem}' style='max-width:100%' src='data:image/png;base64,{data}'></figure>"
+        f"<figure><img alt='{name}' style='max-width:100%' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{name}</figcaption></figure>"
     )
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed file, or None when it is missing; a ValueError names a malformed file."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+
+def _leaves(data: Any, key: str = "") -> list[tuple[str, str]]:
+    """(key path, value) for every number or string in nested results; a list of plain values is one row."""
+    if isinstance(data, Mapping) and data:
+        return [leaf for k, v in data.items() for leaf in _leaves(v, f"{key} / {k}" if key else str(k))]
+    if isinstance(data, list) and any(isinstance(v, Mapping | list) for v in data):
+        return [leaf for i, v in enumerate(data) for leaf in _leaves(v, f"{key} [{i}]")]
+    if isinstance(data, list):
+        return [(key, "[" + ", ".join(_format(v) for v in data) + "]")]
+    return [(key, "{}" if isinstance(data, Mapping) else _format(data))]
+
+
+def _results(path: Path) -> str:
+    results = _read_json(path / "results.json")
+    if results is None:
+        return html.paragraph("No results.json: the run did not finish.")
+    rows = [{"key": k, "value": v} for k, v in _leaves(results)]
+    return html.collapsible(f"headline numbers (results.json, {len(rows)} values)", html.table(rows))
+
+
+def _config(path: Path) -> str:
+    config = path / "config.json"
+    if not config.exists():
+        return html.paragraph("No config.json.")
+    # the file's own text: exactly what the run was configured with
+    return html.collapsible("config (config.json)", html.preformatted(config.read_text(encoding="utf-8")))
+
+
+def _code_version(path: Path) -> str:
+    run = _read_json(path / "run.json")
+    if run is None:
+        return html.paragraph("No run.json: code version unknown.")
+    rows = [{"field": k, "value": _format(run.get(k))} for k in ("git_commit", "status", "updated")]
+    if run.get("error"):
+        rows.append({"field": "error", "value": str(run["error"])})
+    rows += [{"field": f"version: {k}", "value": _format(v)} for k, v in (run.get("versions") or {}).items()]
+    commit = run.get("git_commit") or "unknown"
+    return html.collapsible(f"code version: git {commit}, status {run.get('status')}", html.table(rows))
+
+
+def _token_views(path: Path, run_index: int) -> str:
+    views = read_token_views(path / TOKEN_VIEWS_FILE)
+    blocks = "".join(token_view_html(v, element_id=f"tv-{run_index}-{i}") for i, v in enumerate(views))
+    return f"<h3>Token views</h3>{blocks}"
 
 
 def report_html(
     title: str, findings: Sequence[Mapping[str, str]], run_paths: Sequence[Path], *, intro: str = ""
 ) -> str:
-    sections = [
-        (
-            "Findings",
-            html.paragraph(intro)
-            + html.table(
-                [{k: r[k] for k in ("finding", "adapter", "verdict", "measured")} for r in findings]
-            ),
-        )
-    ]
-    for path in run_paths:
-        config = json.loads((path / "config.json").read_text())
+    """The report page; the CircuitsVis bundle is inlined once, and only if a run has token views."""
+    rows = [{k: r[k] for k in FINDING_COLUMNS} for r in findings]
+    sections = [("Findings", (html.paragraph(intro) if intro else "") + html.table(rows))]
+    has_token_views = False
+    for run_index, path in enumerate(Path(p) for p in run_paths):
         figures = "".join(_figure(p) for p in sorted((path / "figures").glob("*.png")))
         body = (
             html.paragraph(f"run folder: {path}")
             + figures
-            + f"<details><summary>config</summary><pre>{html.escape_text(json.dumps(config, indent=1))}</pre></details>"
+            + _results(path)
+            + _config(path)
+            + _code_version(path)
         )
-        sections.append((path.parent.name, body))
-    return html.page(title, sections)
+        if (path / TOKEN_VIEWS_FILE).exists():
+            body += _token_views(path, run_index)
+            has_token_views = True
+        sections.append((f"{path.parent.name} / {path.name}", body))
+    return html.page(title, sections, inline_scripts=[circuitsvis_bundle()] if has_token_views else [])
 
 
 def write_report(path: str | Path, title: str, findings, run_paths, *, intro: str = "") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report_html(title, findings, [Path(p) for p in run_paths], intro=intro), encoding="utf-8")
-    return path
+    """Write `report_html(...)` to `path` atomically and return the path."""
+    page = report_html(title, findings, [Path(p) for p in run_paths], intro=intro)
+    return html.write_atomic(path, page)
+
+
+def _findings_for(run_paths: list[Path]) -> tuple[list[dict], str]:
+    """Finding rows when every run is of a known experiment, else none and a note saying why."""
+    # imported here: experiments/ imports viz/, so viz must not import experiments/ at module load
+    from experiments import summary
+
+    unknown = [str(p) for p in run_paths if p.parent.name not in summary.READERS]
+    if unknown:
+        return [], f"No findings: not run folders of a known experiment: {', '.join(unknown)}."
+    return summary.findings(run_paths), ""
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", help="run folders, runs/<experiment>/<run>")
+    parser.add_argument("--out", required=True, help="where to write the HTML report")
+    parser.add_argument("--title", default="misalign-lens report")
+    args = parser.parse_args(argv)
+    paths = [Path(p) for p in args.runs]
+    missing = [str(p) for p in paths if not p.is_dir()]
+    if missing:
+        parser.error(f"not a folder: {', '.join(missing)}")
+    rows, intro = _findings_for(paths)
+    out = write_report(args.out, args.title, rows, paths, intro=intro)
+    print(out)  # noqa: T201 - the command line's output, not library code
+    return out
+
+
+if __name__ == "__main__":
+    main()
