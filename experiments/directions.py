@@ -64,7 +64,7 @@ from mech.toy.judge import ToyJudge
 from probes.geometry import cosine_matrix, trajectory_pca
 from probes.linear import LogisticProbe, MeanDiffProbe, evaluate, split
 from viz.figures import heatmap, sweep_plot, trajectory_plot
-from viz.tokens import TokenView, write_token_views
+from viz.tokens import TOKEN_VIEWS_FILE, TokenView, write_token_views
 
 
 @dataclass(frozen=True)
@@ -198,12 +198,8 @@ def main(cfg: Config) -> Path:
     # 2. Mean-diff directions from each finetune's own judged answers, and the probes' data.
     sampling = SamplingConfig(n_samples=cfg.samples, temperature=1.0, max_new_tokens=24, seed=cfg.seed + 1)
     answers: dict[str, pd.DataFrame] = {}
-    directions, probe_data, results = (
-        {},
-        {},
-        {"layer": layer, "hook": f"blocks.{layer}.hook_resid_pre", "finetunes": {}},
-    )
-    rows = []
+    directions, probe_data, rows = {}, {}, []
+    results: dict = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_pre", "finetunes": {}}
     for name, adapter in adapters.items():  # only finetunes with both kinds of answers get a direction
         with adapter.applied(model):
             scored = score_frame(judge, sample_answers(model, toy_qs, sampling))
@@ -230,7 +226,7 @@ def main(cfg: Config) -> Path:
     # Token views: where along a finetune's answers its direction is read, and what ablating it costs.
     first = next(iter(directions))
     token_views(
-        run.path / "token_views.json",
+        run.path / TOKEN_VIEWS_FILE,
         model,
         adapters[first],
         directions[first],

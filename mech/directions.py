@@ -111,9 +111,9 @@ def pooled_activations(
     """Residual sums over selected tokens for `(tokens, attention_mask, select)` batches, each
     `[batch, pos]` (widths differ from batch to batch, hence no shape annotation).
 
-        Only the needed hook points are cached, and the forward pass stops after the deepest one.
-        `transform` maps each token's residual first (e.g. an SAE's encoder: pooled latents, which
-        differ from the latents of pooled residuals).
+    Only the needed hook points are cached, and the forward pass stops after the deepest one.
+    `transform` maps each token's residual first (e.g. an SAE's encoder: pooled latents, which
+    differ from the latents of pooled residuals).
     """
     layers = (
         tuple(range(model.cfg.n_layers)) if layers is None else tuple(check_layer(model, n) for n in layers)

@@ -3,6 +3,7 @@ bad input fails naming the series or file, and token_views.json round-trips."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -43,7 +44,8 @@ def test_hostile_tokens_stay_inside_their_script_and_show_escaped():
         call = re.fullmatch(r'if \(window\.CircuitsVis\) \{ CircuitsVis\.render\("(.+?)", CircuitsVis\.ColoredTokens, (.*)\); \}', script)  # fmt: skip
         assert call, script
         props = json.loads(call.group(2))
-        assert props["tokens"] == HOSTILE  # the escapes decode back to the exact tokens
+        # ColoredTokens inserts tokens as HTML, so they travel HTML-escaped and show as the exact text
+        assert props["tokens"] == [html.escape(t) for t in HOSTILE]
         assert (props["minValue"], props["maxValue"]) == (-1.0, 2.0)  # shared over both series
     assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&quot;quotes&quot; &amp; &lt;b&gt;" in page

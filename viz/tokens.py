@@ -169,7 +169,9 @@ def token_view_html(view: TokenView, *, element_id: str) -> str:
         parts.append(f"<p class='token-view-note'>{html.escape(view.note)}</p>")
     for i, (label, series) in enumerate(view.values.items()):
         widget_id = f"{element_id}-{i}"
-        props = {"tokens": view.tokens, "values": series, "minValue": low, "maxValue": high}
+        # ColoredTokens writes each token with dangerouslySetInnerHTML: escaped, a token stays text.
+        tokens = [html.escape(token) for token in view.tokens]
+        props = {"tokens": tokens, "values": series, "minValue": low, "maxValue": high}
         parts.append(
             f"<div class='token-series'><div class='token-series-label'>{html.escape(label)}</div>"
             f"<div class='token-widget' id='{widget_id}'>{_fallback(view.tokens, label, series)}</div>"
