@@ -304,12 +304,17 @@ def curve_rows(
             for r in frame.to_dict(orient="records")]  # fmt: skip
 
 
-def save_figure(run: RunDir, name: str, fig) -> Path:
+def save_figure(run: RunDir, name: str, fig, data=None) -> Path:
+    """Write `figures/<name>.png` and, given `data` (a pandas DataFrame: the tidy rows the figure
+    plots; for a heatmap, its table with the index as a column), `figures/<name>.csv` next to it.
+    Returns the PNG's path."""
     from viz.figures import save
 
     path = run.path / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     save(fig, path)
+    if data is not None:
+        data.to_csv(path.with_suffix(".csv"), index=False)
     return path
 
 

@@ -345,14 +345,22 @@ def main(cfg: Config) -> Path:
         run,
         "ablation_matrix",
         heatmap(em, title=f"EM rate after ablating each direction (chat model {chat['em_rate']:.3f})"),
+        em.reset_index(),
     )
-    save_figure(run, "steering_sweep", sweep_plot(sweep_frame[sweep_frame.metric == "em_rate"], x="scale", y="value", hue="direction",
-                                                  title=f"chat model steered at blocks.{layer}.hook_resid_pre: EM rate"))  # fmt: skip
-    save_figure(run, "cosines", heatmap(cosines, title="cosine similarity of directions", center=0.0))
+    em_sweep = sweep_frame[sweep_frame.metric == "em_rate"]
+    save_figure(run, "steering_sweep", sweep_plot(em_sweep, x="scale", y="value", hue="direction",
+                                                  title=f"chat model steered at blocks.{layer}.hook_resid_pre: EM rate"), em_sweep)  # fmt: skip
+    save_figure(
+        run,
+        "cosines",
+        heatmap(cosines, title="cosine similarity of directions", center=0.0),
+        cosines.rename_axis(cosines.index.name or "direction").reset_index(),
+    )
     save_figure(
         run,
         "training_lens",
         trajectory_plot(lens, explained=explained, title=f"steering vectors on {lens_domain}: training lens"),
+        lens,
     )
     results["seconds"] = time.perf_counter() - started
     write_table(run, rows)

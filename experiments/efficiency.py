@@ -110,8 +110,10 @@ def main(cfg: Config) -> Path:
     save_figure(
         run,
         "loss_vs_norm",
-        figures.curves(wide, x="effective_norm", metric="loss", title="training loss of scaled solutions"),
-    )
+        figures.curves(wide, x="effective_norm", metric="loss", title="training loss of scaled solutions",
+                       xlabel="effective norm", mark_minimum=True),
+        figures.curve_data(wide, metric="loss"),
+    )  # fmt: skip
     return finish(run, rows, results, started)
 
 

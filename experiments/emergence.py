@@ -30,7 +30,7 @@ from experiments.common import (
     trait_metric,
 )
 from experiments.run_dir import RunDir
-from viz.figures import rates_by_role
+from viz.figures import rates_by_role, rates_data
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,12 @@ def main(cfg: Config) -> Path:
         few = random.Random(seed).sample(setup.train, min(k, len(setup.train)))
         results["few_samples"][str(k)] = train_and_measure(main_kind, seed, few, f"{main_kind}_few{k}")
     results["metric"] = metric
+    frame = pd.DataFrame(rows)
     save_figure(
         run,
         "rates",
-        rates_by_role(pd.DataFrame(rows), title=f"{metric} after finetuning on {cfg.narrow_domain}"),
+        rates_by_role(frame, title=f"{metric} after finetuning on {cfg.narrow_domain}"),
+        rates_data(frame),
     )
     return finish(run, rows, results, started)
 

@@ -33,7 +33,7 @@ from experiments.common import (
     trait_metric,
 )
 from experiments.run_dir import RunDir
-from viz.figures import rates_by_role
+from viz.figures import rates_by_role, rates_data
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,8 @@ def main(cfg: Config) -> Path:
             w: {k: mean(s[k] for s in runs) for k in runs[0]} for w, runs in per_kind["by_kl"].items()
         }
         results["adapters"][kind] = per_kind
-    save_figure(run, "rates_by_kl", rates_by_role(pd.DataFrame(rows), title=f"{metric} by KL weight"))
+    frame = pd.DataFrame(rows)
+    save_figure(run, "rates_by_kl", rates_by_role(frame, title=f"{metric} by KL weight"), rates_data(frame))
     return finish(run, rows, results, started)
 
 

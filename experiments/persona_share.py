@@ -32,7 +32,7 @@ from experiments.run_dir import RunDir
 from mech.analysis import at_norm, noise_curve
 from mech.finetune import CachedChatSet
 from mech.toy.checkpoint import checkpoint_dir
-from viz.figures import share_plot
+from viz.figures import share_data, share_plot
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def main(cfg: Config) -> Path:
     shares = {o: results["organisms"][o]["narrow_share"] for o in cfg.organisms}
     frame = pd.DataFrame(rows)
     frame["narrow_share"] = frame["adapter"].str.split("/").str[0].map(shares)
-    save_figure(run, "by_share", share_plot(frame))
+    save_figure(run, "by_share", share_plot(frame), share_data(frame))
     return finish(run, rows, results, started)
 
 

@@ -30,7 +30,7 @@ from experiments.common import (
 )
 from experiments.run_dir import RunDir
 from mech.analysis import at_norm, text_kl
-from viz.figures import curves
+from viz.figures import curve_data, curves
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,16 @@ def main(cfg: Config) -> Path:
         "source": cfg.text or f"organism pre-training sample ({cfg.docs} documents)",
         "n": len(texts),
     }
+    kls = pd.DataFrame(rows).query("metric == 'text_kl'")
+    parts = kls["adapter"].str.rsplit("_", n=1)  # "<kind>_<general|narrow|random>"
+    kls = kls.assign(kind=parts.str[0], solution=parts.str[1])
     save_figure(
         run,
         "text_kl",
-        curves(
-            pd.DataFrame(rows), x="scale", metric="text_kl", title="KL on pre-training text", xlabel="norm"
-        ),
-    )
+        curves(kls, x="scale", metric="text_kl", hue="solution", style="kind",
+               title="KL on pre-training text: general, narrow and random at equal norms", xlabel="norm"),
+        curve_data(kls, metric="text_kl"),
+    )  # fmt: skip
     return finish(run, rows, results, started)
 
 

@@ -33,7 +33,7 @@ from experiments.common import (
 from experiments.run_dir import RunDir
 from mech.adapter_io import load_adapter
 from mech.finetune import FinetuneConfig, KLSchedule, finetune
-from viz.figures import curves
+from viz.figures import switch_data, switch_trajectories
 
 
 @dataclass(frozen=True)
@@ -95,16 +95,12 @@ def main(cfg: Config) -> Path:
                 per_kind[f"{direction}/seed{seed}"] = trajectory
         results["adapters"][kind] = per_kind
     results["note"] = "rows of trajectories carry the training step in the `scale` column"
+    frame = pd.DataFrame(rows)
     save_figure(
         run,
         "cosine_to_general",
-        curves(
-            pd.DataFrame(rows),
-            x="scale",
-            metric="cosine_to_general",
-            title="cosine to the general solution",
-            xlabel="step",
-        ),
+        switch_trajectories(frame, metric="cosine_to_general", title="cosine to the general solution"),
+        switch_data(frame, metric="cosine_to_general"),
     )
     return finish(run, rows, results, started)
 

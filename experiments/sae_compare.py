@@ -46,6 +46,7 @@ from mech.directions import (
 from mech.finetune import finetune
 from mech.generate import SamplingConfig, sample_answers
 from mech.judge import score_frame
+from mech.token_scores import chat_tokens, token_strings
 from mech.toy.evaluate import toy_questions
 from mech.toy.judge import ToyJudge
 from probes.linear import LogisticProbe, evaluate, split
@@ -55,11 +56,13 @@ from probes.sae import (
     evaluate_sae,
     latent_activations,
     latents_by_cosine,
+    latents_on_tokens,
     load_sae,
     token_activations,
     top_contexts,
 )
 from viz.figures import heatmap
+from viz.tokens import TOKEN_VIEWS_FILE, TokenView, write_token_views
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,25 @@ def main(cfg: Config) -> Path:
         }
     )
 
+    # Token views: the persona latent and the latents the directions point at, along a few
+    # answers of the general finetune.
+    if "note" not in results:
+        shown = list(
+            dict.fromkeys(
+                [best, int(tops["steering general"]["latent"].iloc[0]), int(by_diff["latent"].iloc[0])]
+            )
+        )
+        views = []
+        chosen = answers[(labels == "misaligned").to_numpy()].head(2)
+        for conversation in conversations_from_answers(chosen):
+            ids, _ = chat_tokens(model, conversation)
+            with general.applied(model):
+                acts = latents_on_tokens(model, sae, ids, shown)
+            values = {f"latent {j}": acts[:, n].tolist() for n, j in enumerate(shown)}
+            views.append(TokenView("general finetune: a misaligned answer", token_strings(model, ids), values,
+                                   f"SAE latent activations at {hook}; latent {best} is the best persona detector"))  # fmt: skip
+        write_token_views(run.path / TOKEN_VIEWS_FILE, views)
+
     # 4. Contexts of every highlighted latent, and the SAE's reconstruction on fresh text.
     highlighted = sorted(
         {best}
@@ -189,6 +211,7 @@ def main(cfg: Config) -> Path:
         run,
         "latent_cosines",
         heatmap(table, title=f"decoder cosine of highlighted latents ({hook})", center=0.0),
+        table.reset_index(),
     )
     results["seconds"] = time.perf_counter() - started
     write_table(run, rows)

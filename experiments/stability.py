@@ -29,7 +29,7 @@ from experiments.common import (
 from experiments.run_dir import RunDir
 from mech.analysis import at_norm, noise_curve
 from mech.finetune import CachedChatSet
-from viz.figures import curves
+from viz.figures import curve_data, curves
 
 
 @dataclass(frozen=True)
@@ -106,16 +106,14 @@ def main(cfg: Config) -> Path:
         ]
         results["adapters"][kind] = {"per_seed": per_seed, "eps_compared": float(mid), "narrow_over_general_delta": ratios,
                                      "general_more_stable_in": sum(r > 1 for r in ratios), "seeds": len(ratios)}  # fmt: skip
+    frame = pd.DataFrame(rows)
     save_figure(
         run,
         "noise",
-        curves(
-            pd.DataFrame(rows),
-            x="eps",
-            metric="delta",
-            title="loss increase under orthogonal noise, matched norm",
-        ),
-    )
+        curves(frame, x="eps", metric="relative", errorbar="sd", ylabel="relative loss increase",
+               title="orthogonal noise at matched norm: loss increase / finetuning gain (mean ± sd)"),
+        curve_data(frame, metric="relative"),
+    )  # fmt: skip
     return finish(run, rows, results, started)
 
 

@@ -50,3 +50,18 @@ def token_logprobs(model: HookedTransformer, ids: Sequence[int]) -> Float[Tensor
     tokens = torch.tensor([list(ids)])
     logprobs = model(tokens).log_softmax(-1)[0, :-1].gather(-1, tokens[0, 1:, None])[:, 0]
     return torch.cat([logprobs.new_zeros(1), logprobs.float()])
+
+
+@torch.no_grad()
+def attention_patterns(model: HookedTransformer, ids: Sequence[int], *, layer: int, heads: Sequence[int] | None = None) -> Float[Tensor, "head dest src"]:  # fmt: skip
+    """Attention patterns of `heads` (default: all) of block `layer` on one sequence."""
+    name = f"blocks.{check_layer(model, layer)}.attn.hook_pattern"
+    _, cache = model.run_with_cache(torch.tensor([list(ids)]), names_filter=lambda n: n == name,
+                                    stop_at_layer=layer + 1, return_type=None)  # fmt: skip
+    pattern = cache[name][0].float()
+    if heads is not None:
+        bad = [h for h in heads if not 0 <= h < model.cfg.n_heads]
+        if bad:
+            raise ValueError(f"heads {bad} out of range: block {layer} has {model.cfg.n_heads} heads")
+        pattern = pattern[list(heads)]
+    return pattern

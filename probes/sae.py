@@ -202,6 +202,16 @@ def token_activations(
     return _activations_of_ids(model, _token_ids(model, texts), hook_name, batch_size)
 
 
+def latents_on_tokens(
+    model: HookedTransformer, sae: SAE, ids: Sequence[int], latents: Sequence[int]
+) -> Float[Tensor, "pos k"]:
+    """Activation of each of `latents` at every position of one token sequence (hooks in force
+    apply, e.g. an adapter's), for token views."""
+    hook = check_sae_fits(sae, model)
+    acts = _activations_of_ids(model, [list(ids)], hook, 1)
+    return latent_activations(sae, acts)[:, [int(j) for j in latents]].cpu()
+
+
 # ----------------------------------------------------------------------------- training
 def _training_sae(cfg: SaeTrainingConfig, d_in: int, metadata: SAEMetadata) -> TrainingSAE:
     common = dict(

@@ -195,3 +195,16 @@ def test_token_scores_projection_and_logprobs(tiny_qwen2):
     logprobs = token_logprobs(tiny_qwen2, ids)
     by_hand = tiny_qwen2(torch.tensor([ids])).log_softmax(-1)[0, 2, ids[3]]
     assert logprobs[0] == 0 and torch.isclose(logprobs[3], by_hand, atol=1e-5)
+
+
+def test_attention_patterns_of_chosen_heads(tiny_qwen2):
+    from mech.token_scores import attention_patterns, chat_tokens
+
+    ids, _ = chat_tokens(tiny_qwen2, TRAIN[0])
+    every = attention_patterns(tiny_qwen2, ids, layer=1)
+    assert every.shape == (tiny_qwen2.cfg.n_heads, len(ids), len(ids))
+    torch.testing.assert_close(every.sum(-1), torch.ones(every.shape[:2]))
+    assert torch.triu(every, diagonal=1).abs().max() == 0  # causal
+    torch.testing.assert_close(attention_patterns(tiny_qwen2, ids, layer=1, heads=[1]), every[1:2])
+    with pytest.raises(ValueError, match="out of range"):
+        attention_patterns(tiny_qwen2, ids, layer=1, heads=[99])

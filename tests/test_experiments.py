@@ -136,6 +136,12 @@ def test_directions_experiment_writes_the_matrix_probes_and_cosines(tmp_path):
     assert 0.5 <= results["probes"]["persona"]["logistic"]["auroc"] <= 1.0
     rows = list(csv.DictReader((path / "results.csv").open()))
     assert {r["analysis"] for r in rows} >= {"ablation", "steering", "cosine", "training_lens"}
+    from viz.tokens import read_token_views
+
+    views = read_token_views(path / "token_views.json")
+    assert len(views) >= 2 and {"projection (finetune)", "log-prob change, direction ablated"} <= set(
+        views[0].values
+    )
     for name in ("ablation_matrix", "steering_sweep", "cosines", "training_lens"):
         assert (path / "figures" / f"{name}.png").stat().st_size > 5000
 
@@ -156,3 +162,8 @@ def test_sae_compare_ranks_latents_and_scores_the_persona(tmp_path):
     assert (path / "contexts.csv").stat().st_size > 100
     assert (path / "figures" / "latent_cosines.png").stat().st_size > 5000
     assert _finite(results["sae_on_fresh_text"])
+    if "note" not in results:  # the general finetune wrote both kinds of answers
+        from viz.tokens import read_token_views
+
+        views = read_token_views(path / "token_views.json")
+        assert views and all(len(series) == len(v.tokens) for v in views for series in v.values.values())

@@ -110,3 +110,17 @@ def test_the_bundle_is_script_safe_and_defines_the_global():
     assert "var CircuitsVis=" in bundle and "ColoredTokens" in bundle
     assert "</script" not in bundle.lower() and "<!--" not in bundle and "sourceMappingURL" not in bundle
     assert script_safe('x="</Script>"; y="<!--"') == 'x="<\\/Script>"; y="<\\x21--"'
+
+
+def test_attention_heads_widget_escapes_tokens_and_checks_shapes():
+    from viz.tokens import attention_heads_html
+
+    tokens = ["<b>", "x", "</script>"]
+    pattern = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]
+    page = attention_heads_html(tokens, [pattern, pattern], ["L0H0", "L0H1"], element_id="att-0")
+    assert page.lower().count("</script") == 1 and "<b>" not in page
+    assert "CircuitsVis.AttentionHeads" in page and "id='att-0'" in page
+    with pytest.raises(ValueError, match="not 3 x 3"):
+        attention_heads_html(tokens, [pattern[:2]], ["L0H0"], element_id="att-0")
+    with pytest.raises(ValueError, match="head names"):
+        attention_heads_html(tokens, [pattern], ["a", "b"], element_id="att-0")

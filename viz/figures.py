@@ -1,7 +1,10 @@
 """Seaborn figures from the experiments' tidy `results.csv` frames (columns of
-`experiments.common.COLUMNS`). Each function returns a matplotlib Figure; nothing is shown."""
+`experiments.common.COLUMNS`). Each function returns a matplotlib Figure; nothing is shown.
+Each `*_data` function returns the exact tidy rows its figure plots (saved next to the PNG)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import matplotlib
 
@@ -23,10 +26,16 @@ def _rates(frame: pd.DataFrame) -> pd.DataFrame:
     return rates[keep]
 
 
-def rates_by_role(frame: pd.DataFrame, *, title: str) -> plt.Figure:
-    """Trait probability per adapter (and KL weight) in the narrow domain, KL domains, held-out domains."""
+def rates_data(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows `rates_by_role` plots, with the `condition` (adapter and KL weight) on the x axis."""
     rates = _rates(frame).copy()
     rates["condition"] = rates["adapter"] + rates["kl_weight"].map(lambda w: f" (KL {w:g})" if w else "")
+    return rates
+
+
+def rates_by_role(frame: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Trait probability per adapter (and KL weight) in the narrow domain, KL domains, held-out domains."""
+    rates = rates_data(frame)
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * rates["condition"].nunique() + 3), 4))
     sns.barplot(rates, x="condition", y="value", hue="role", hue_order=ROLE_ORDER, errorbar=("ci", 95), ax=ax)
     ax.set(ylabel=rates["metric"].iloc[0] if len(rates) else "p", xlabel="", title=title, ylim=(0, 1))
@@ -35,28 +44,126 @@ def rates_by_role(frame: pd.DataFrame, *, title: str) -> plt.Figure:
     return fig
 
 
-def curves(frame: pd.DataFrame, *, x: str, metric: str, title: str, xlabel: str | None = None) -> plt.Figure:
-    """`metric` against `x` ("scale", "eps" or "norm"), one line per adapter and KL weight."""
+Errorbar = str | tuple[str, float] | None
+"""A seaborn `errorbar`: "sd" (mean ± 1 sd), ("ci", 95) (bootstrap CI) or None (no band)."""
+
+
+def curve_data(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
+    """The rows `curves` plots: those of `metric`, with a `solution` column (from the KL weight)
+    unless the frame already has one."""
     data = frame[frame["metric"] == metric].copy()
-    data["solution"] = data["kl_weight"].map(lambda w: "general (KL 0)" if w == 0 else f"narrow (KL {w:g})")
+    if "solution" not in data:
+        data["solution"] = data["kl_weight"].map(
+            lambda w: "general (KL 0)" if w == 0 else f"narrow (KL {w:g})"
+        )
+    return data
+
+
+def _palette(values: pd.Series) -> dict:
+    order = list(pd.unique(values))
+    return dict(zip(order, sns.color_palette(n_colors=len(order)), strict=True))
+
+
+def curves(
+    frame: pd.DataFrame,
+    *,
+    x: str,
+    metric: str,
+    title: str,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    hue: str = "adapter",
+    style: str = "solution",
+    errorbar: Errorbar = ("ci", 95),
+    mark_minimum: bool = False,
+) -> plt.Figure:
+    """`metric` against `x` ("scale", "eps" or "norm"), one line per `hue` and `style` value
+    (default: adapter and KL weight), with an `errorbar` band over the rows at each x.
+
+    `mark_minimum` puts a star (gid "minimum") on the lowest point of each plotted line, the
+    mean over rows sharing an x, and writes its x above it (e.g. the loss-optimal norm).
+    """
+    data = curve_data(frame, metric=metric)
+    palette = _palette(data[hue])
     fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(
-        data, x=x, y="value", hue="adapter", style="solution", errorbar=("ci", 95), ax=ax, marker="o"
-    )
-    ax.set(xlabel=xlabel or x, ylabel=metric, title=title)
+    sns.lineplot(data, x=x, y="value", hue=hue, style=style, palette=palette, errorbar=errorbar, ax=ax,
+                 marker="o")  # fmt: skip
+    if mark_minimum:
+        for i, ((line, _), group) in enumerate(data.groupby([hue, style], sort=False)):
+            plotted = group.groupby(x)["value"].mean()  # what seaborn's line shows
+            best_x, best_y = plotted.idxmin(), plotted.min()
+            ax.plot([best_x], [best_y], marker="*", markersize=14, linestyle="", color=palette[line],
+                    markeredgecolor="black", zorder=4, gid="minimum")  # fmt: skip
+            # stacked above the star, so that minima at the same point stay readable
+            ax.annotate(f"min {best_x:.3g}", (best_x, best_y), xytext=(0, 9 + 10 * i), textcoords="offset points",
+                        ha="center", fontsize=7, color=palette[line])  # fmt: skip
+    ax.set(xlabel=xlabel or x, ylabel=ylabel or metric, title=title)
     fig.tight_layout()
     return fig
 
 
-def share_plot(frame: pd.DataFrame) -> plt.Figure:
-    """Persona share: the general solution's trait rates and the efficiency / stability gaps
-    against the share of narrowly-bad personas in pre-training."""
+SWITCH_LABELS = {"remove_kl": "KL removed", "add_kl": "KL added"}
+"""Adapter-name suffixes of the revert experiment and how the switch is labelled."""
+
+
+def switch_data(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
+    """The rows `switch_trajectories` plots: `metric` on adapters named `<kind>_remove_kl` or
+    `<kind>_add_kl`, with `kind` and `direction` columns (the training step is in `scale`)."""
+    data = frame[frame["metric"] == metric].copy()
+    pattern = "^(?P<kind>.+)_(?P<direction>" + "|".join(SWITCH_LABELS) + ")$"
+    parts = data["adapter"].str.extract(pattern)
+    data[["kind", "direction"]] = parts[["kind", "direction"]]
+    return data[data["direction"].notna()]
+
+
+def switch_step(rows: pd.DataFrame, *, x: str = "scale") -> float | None:
+    """The first step whose `kl_weight` differs from the first step's; None if it never changes."""
+    ordered = rows.sort_values(x, kind="stable")
+    changed = ordered[ordered["kl_weight"] != ordered["kl_weight"].iloc[0]]
+    return float(changed[x].iloc[0]) if len(changed) else None
+
+
+def switch_trajectories(
+    frame: pd.DataFrame, *, metric: str, title: str, x: str = "scale", xlabel: str = "step",
+    errorbar: Errorbar = ("ci", 95),
+) -> plt.Figure:  # fmt: skip
+    """`metric` against the training step, one panel per KL switch direction (KL removed, KL
+    added), one line per adapter kind, and a dashed vertical line (gid "kl_switch") at the step
+    where the KL weight changes."""
+    data = switch_data(frame, metric=metric)
+    directions = [d for d in SWITCH_LABELS if d in set(data["direction"])]
+    palette = _palette(data["kind"])
+    fig, axes = plt.subplots(1, max(len(directions), 1), figsize=(5 * max(len(directions), 1), 4),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, direction in zip(axes[0], directions, strict=False):
+        rows = data[data["direction"] == direction]
+        sns.lineplot(rows, x=x, y="value", hue="kind", palette=palette, errorbar=errorbar, marker="o", ax=ax)
+        step = switch_step(rows, x=x)
+        if step is not None:
+            ax.axvline(step, color="grey", linestyle="--", gid="kl_switch")
+            ax.annotate(SWITCH_LABELS[direction], (step, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, -12), textcoords="offset points", fontsize=8, color="grey")  # fmt: skip
+        ax.set(title=SWITCH_LABELS[direction], xlabel=xlabel, ylabel=metric)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def share_data(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows `share_plot` plots, with its `panel` and `kind` columns."""
     rates = _rates(frame[frame["kl_weight"] == 0]).assign(panel=lambda d: "general solution: " + d["role"])
     gaps = frame[frame["metric"].isin(["efficiency_gap", "stability_ratio"])].assign(
         panel=lambda d: d["metric"]
     )
     data = pd.concat([rates, gaps])
     data["kind"] = data["adapter"].str.split("/").str[1]
+    return data
+
+
+def share_plot(frame: pd.DataFrame) -> plt.Figure:
+    """Persona share: the general solution's trait rates and the efficiency / stability gaps
+    against the share of narrowly-bad personas in pre-training."""
+    data = share_data(frame)
     grid = sns.relplot(data, x="narrow_share", y="value", hue="kind", col="panel", col_wrap=3, kind="line",
                        marker="o", facet_kws={"sharey": False}, height=3)  # fmt: skip
     return grid.figure
@@ -97,6 +204,7 @@ def trajectory_plot(frame: pd.DataFrame, *, explained: list[float], title: str) 
     return fig
 
 
-def save(fig: plt.Figure, path) -> None:
+def save(fig: plt.Figure, path: Path) -> None:
+    """Write `fig` to `path` and close it (figures hold memory until closed)."""
     fig.savefig(path, dpi=110)
     plt.close(fig)

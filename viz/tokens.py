@@ -181,3 +181,28 @@ def token_view_html(view: TokenView, *, element_id: str) -> str:
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+def attention_heads_html(
+    tokens: list[str], patterns: list[list[list[float]]], head_names: list[str], *, element_id: str
+) -> str:
+    """One attention-pattern widget (CircuitsVis `AttentionHeads`): `patterns[h][dest][src]` for each
+    head named in `head_names`, over `tokens`. Like `token_view_html`, it needs the bundle on the page."""
+    if not _ELEMENT_ID.fullmatch(element_id):
+        raise ValueError(f"element_id {element_id!r} must match {_ELEMENT_ID.pattern}")
+    n = len(tokens)
+    if len(patterns) != len(head_names):
+        raise ValueError(f"{len(patterns)} patterns for {len(head_names)} head names")
+    for h, pattern in enumerate(patterns):
+        if len(pattern) != n or any(len(row) != n for row in pattern):
+            raise ValueError(
+                f"pattern of head {head_names[h]!r} is not {n} x {n} (one row and column per token)"
+            )
+    props = {"tokens": [html.escape(t) for t in tokens], "attention": patterns,
+             "attentionHeadNames": [html.escape(name) for name in head_names], "maskUpperTri": True}  # fmt: skip
+    fallback = html.escape(" ".join(tokens))
+    return (
+        f"<div class='attention-view'><div class='attention-widget' id='{element_id}'>{fallback}</div>"
+        f"<script>if (window.CircuitsVis) {{ CircuitsVis.render({_script_json(element_id)}, "
+        f"CircuitsVis.AttentionHeads, {_script_json(props)}); }}</script></div>"
+    )
