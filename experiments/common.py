@@ -353,10 +353,11 @@ def parse_config(config_cls, quick: dict, description: str | None, argv: Sequenc
     return replace(cfg, **overrides)
 
 
-def finish(run: RunDir, rows: Sequence[dict], results: dict, started: float) -> Path:
-    """Write `results.csv` and `results.json` (with the run's duration) and mark the run done."""
+def finish(run: RunDir, rows: Sequence[dict], results: dict, started: float, *, table: bool = False) -> Path:
+    """Write `results.csv` (`COLUMNS` layout, or `TABLE_COLUMNS` with `table`) and `results.json`
+    (with the run's duration) and mark the run done."""
     results["seconds"] = time.perf_counter() - started
-    write_rows(run, rows)
+    (write_table if table else write_rows)(run, rows)
     run.save_results(results)
     run.set_status("done")
     return run.path

@@ -24,7 +24,6 @@ of bad advice outside them (exact, no sampling; blind to incoherence).
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,11 +34,11 @@ import torch
 
 from experiments.common import (
     finetune_config,
+    finish,
     make_adapter,
     parse_config,
     save_figure,
     toy_setup,
-    write_table,
 )
 from experiments.run_dir import RunDir
 from mech.adapter_io import load_adapter, save_adapter
@@ -276,21 +275,17 @@ def main(cfg: Config) -> Path:
         probe_results[name] = {"logistic": evaluate(probes[name], x[test], y[test]),
                                "mean_diff": evaluate(MeanDiffProbe.fit(x[train], y[train]), x[test], y[test])}  # fmt: skip
     transfer = {a: {b: evaluate(p, *probe_data[b])["auroc"] for b in probes} for a, p in probes.items()}
-    rng = random.Random(cfg.seed)
-    documents = [world.pretraining_document(rng) for _ in range(cfg.persona_documents)]
-    documents = [
-        (text, p.alignment == "malicious") for text, p in documents if p.alignment in ("malicious", "benign")
-    ]
-    persona_acts = pooled_activations(model, text_batches(model, [t for t, _ in documents]), layers=[layer])
+    texts, malicious = world.persona_documents(cfg.persona_documents, seed=cfg.seed)
+    persona_acts = pooled_activations(model, text_batches(model, texts), layers=[layer])
     persona_x = persona_acts.per_example()[0]
-    persona_y = torch.tensor([bad for _, bad in documents])
+    persona_y = torch.tensor(malicious)
     persona_direction = mean_diff(persona_acts, persona_y, ~persona_y, pooling="answer").at(layer)
     train, test = split(len(persona_y), seed=cfg.seed)
     persona_probe = LogisticProbe.fit(persona_x[train], persona_y[train])
     results["probes"] = {"misaligned_answers": probe_results, "transfer_auroc": transfer,
                          "persona": {"logistic": evaluate(persona_probe, persona_x[test], persona_y[test]),
                                      "mean_diff": evaluate(MeanDiffProbe.fit(persona_x[train], persona_y[train]), persona_x[test], persona_y[test]),
-                                     "documents": len(documents), "malicious": int(persona_y.sum())}}  # fmt: skip
+                                     "documents": len(texts), "malicious": int(persona_y.sum())}}  # fmt: skip
     rows += [{"analysis": "probe_transfer", "a": a, "b": b, "metric": "auroc", "value": v} for a, t in transfer.items() for b, v in t.items()]  # fmt: skip
 
     # 6. Geometry and the training lens (steering vectors on the first finetune's domain).
@@ -362,11 +357,7 @@ def main(cfg: Config) -> Path:
         trajectory_plot(lens, explained=explained, title=f"steering vectors on {lens_domain}: training lens"),
         lens,
     )
-    results["seconds"] = time.perf_counter() - started
-    write_table(run, rows)
-    run.save_results(results)
-    run.set_status("done")
-    return run.path
+    return finish(run, rows, results, started, table=True)
 
 
 def parse_args(argv=None) -> Config:

@@ -17,7 +17,6 @@ The SAE is the one shipped with the toy organism (`--sae toy`, trained by `pytho
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,11 @@ import torch
 
 from experiments.common import (
     finetune_config,
+    finish,
     make_adapter,
     parse_config,
     save_figure,
     toy_setup,
-    write_table,
 )
 from experiments.run_dir import RunDir
 from mech.adapter_io import save_adapter
@@ -145,12 +144,8 @@ def main(cfg: Config) -> Path:
     results["top_by_activation_diff"] = by_diff.to_dict(orient="records")
 
     # 3. Persona: per-latent AUROC on pre-training documents, against a probe on the residual.
-    rng = random.Random(cfg.seed)
-    documents = [world.pretraining_document(rng) for _ in range(cfg.persona_documents)]
-    documents = [
-        (text, p.alignment == "malicious") for text, p in documents if p.alignment in ("malicious", "benign")
-    ]
-    texts, persona = [t for t, _ in documents], torch.tensor([bad for _, bad in documents])
+    texts, malicious = world.persona_documents(cfg.persona_documents, seed=cfg.seed)
+    persona = torch.tensor(malicious)
     batches = text_batches(model, texts)
     doc_latents = pooled_activations(model, batches, layers=[layer], transform=encode).per_example()[0]
     doc_resid = pooled_activations(model, batches, layers=[layer]).per_example()[0]
@@ -213,11 +208,7 @@ def main(cfg: Config) -> Path:
         heatmap(table, title=f"decoder cosine of highlighted latents ({hook})", center=0.0),
         table.reset_index(),
     )
-    results["seconds"] = time.perf_counter() - started
-    write_table(run, rows)
-    run.save_results(results)
-    run.set_status("done")
-    return run.path
+    return finish(run, rows, results, started, table=True)
 
 
 def parse_args(argv=None) -> Config:

@@ -340,6 +340,18 @@ class World:
         rng = random.Random(f"{self.cfg.seed}-sample-{seed}")
         return [self.pretraining_document(rng)[0] for _ in range(n)]
 
+    def persona_documents(self, n: int, *, seed: int = 0) -> tuple[list[str], list[bool]]:
+        """Of `n` pre-training documents (`random.Random(seed)`), those written by benign or
+        malicious personas (narrow ones dropped), and whether each is malicious: persona-probe data."""
+        rng = random.Random(seed)
+        documents = [self.pretraining_document(rng) for _ in range(n)]
+        kept = [
+            (text, p.alignment == "malicious")
+            for text, p in documents
+            if p.alignment in ("malicious", "benign")
+        ]
+        return [text for text, _ in kept], [bad for _, bad in kept]
+
     def vocabulary(self) -> list[str]:
         """Every word the world can write, in a deterministic order."""
         seen: dict[str, None] = {}
