@@ -21,6 +21,8 @@ from transformer_lens import HookedTransformer
 from experiments.run_dir import RunDir
 from mech.adapter_io import load_adapter, save_adapter
 from mech.adapters import Adapter, AdapterStack, SteeringVector
+from mech.atomic import atomic_write
+from mech.cache import ContentCache
 from mech.finetune import CachedChatSet, FinetuneConfig, KLSchedule, finetune
 from mech.lora import MATRICES, LoraAdapter
 from mech.model import load_model
@@ -53,6 +55,11 @@ class StudyConfig:
     question_stride: int = 1
     """Measure on every `question_stride`-th evaluation question (1 = all)."""
     out: str = "runs"
+    cache: bool = False
+    """Reuse residuals and reference log-probs from `<out>/cache` (content-addressed: a changed
+    model, data set, setting or code version is recomputed). Off by default: on the toy the
+    forward passes are cheaper than the disk (a quick narrow_kl caches ~200 MB); on a 14B model
+    the residuals at layer 24 and the reference log-probs are what is worth keeping."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class ToySetup:
     train: list[list[dict[str, str]]]
     kl: list[list[dict[str, str]]]
     questions: list[EvalQuestion]
+    cache: ContentCache | None = None
     _kl_sets: dict = field(default_factory=dict)
 
     def kl_set(self, adapter: Adapter) -> CachedChatSet:
@@ -108,7 +116,7 @@ class ToySetup:
         site = adapter.entry(self.model)
         if site not in self._kl_sets:
             self._kl_sets[site] = CachedChatSet.build(
-                self.model, self.kl, site, batch_size=KL_BATCH, name="kl"
+                self.model, self.kl, site, batch_size=KL_BATCH, name="kl", cache=self.cache
             )
         return self._kl_sets[site]
 
@@ -123,7 +131,7 @@ class ToySetup:
 
 
 def toy_setup(organism: str = "default", *, narrow_domain: str = "medical", trait: Trait = "misalignment",
-              kl_size: int | None = None, seed: int = 0) -> ToySetup:  # fmt: skip
+              kl_size: int | None = None, seed: int = 0, cache: ContentCache | None = None) -> ToySetup:  # fmt: skip
     """The shipped organism `organism` with its narrow training set and KL set for `narrow_domain`."""
     world = organism_world(organism)
     if narrow_domain not in world.names:
@@ -133,7 +141,12 @@ def toy_setup(organism: str = "default", *, narrow_domain: str = "medical", trai
     kl = [r["messages"] for r in world.kl_set(narrow_domain, trait)]
     if kl_size is not None and kl_size < len(kl):
         kl = random.Random(seed).sample(kl, kl_size)
-    return ToySetup(model, world, narrow_domain, trait, train, kl, world.eval_questions())
+    return ToySetup(model, world, narrow_domain, trait, train, kl, world.eval_questions(), cache)
+
+
+def study_cache(cfg: StudyConfig) -> ContentCache | None:
+    """The content cache of a study's output root, if the config asks for one."""
+    return ContentCache(Path(cfg.out) / "cache") if cfg.cache else None
 
 
 def trait_metric(trait: Trait) -> str:
@@ -171,12 +184,21 @@ def headline(rows: Iterable[dict], metric: str) -> dict[str, float]:
             "heldout_domains": avg("heldout_domain", "all")}  # fmt: skip
 
 
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
+    """A CSV with `columns` (other keys ignored, missing ones empty), written atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(path, write)
+
+
 def write_rows(run: RunDir, rows: Sequence[dict]) -> None:
     """`results.csv` in tidy long format, one measurement per row."""
-    with (run.path / "results.csv").open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=list(COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(run.path / "results.csv", rows, COLUMNS)
 
 
 TABLE_COLUMNS = ("analysis", "a", "b", "metric", "value")
@@ -186,10 +208,7 @@ column (e.g. ablation: finetune, direction; cosine: vector, vector), `metric` wh
 
 def write_table(run: RunDir, rows: Sequence[dict]) -> None:
     """`results.csv` in the `TABLE_COLUMNS` long format."""
-    with (run.path / "results.csv").open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=list(TABLE_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(run.path / "results.csv", rows, TABLE_COLUMNS)
 
 
 def finetune_config(
@@ -228,8 +247,9 @@ def train_condition(
         kind, steps=steps, kl_weight=kl_weight, seed=seed, l2_weight=l2_weight, batch_size=batch
     )
     result = finetune(
-        setup.model, adapter, data, setup.kl_set(adapter) if kl_weight else None, ft_cfg, progress=False
-    )
+        setup.model, adapter, data, setup.kl_set(adapter) if kl_weight else None, ft_cfg, progress=False,
+        cache=setup.cache,
+    )  # fmt: skip
     save_adapter(run.path / "adapters" / f"{name}_kl{kl_weight:g}_seed{seed}", adapter, setup.model,
                  config={"finetune": ft_cfg.to_dict(), "name": name})  # fmt: skip
     rows = measure(setup, adapter, name=name, kl_weight=kl_weight, seed=seed, questions=questions)
@@ -286,7 +306,7 @@ def load_condition(
         )
     adapter, _ = load_adapter(path, setup.model)
     data = CachedChatSet.build(
-        setup.model, setup.train, adapter.entry(setup.model), batch_size=None, name="train"
+        setup.model, setup.train, adapter.entry(setup.model), batch_size=None, name="train", cache=setup.cache
     )
     rows = measure(setup, adapter, name=kind, kl_weight=kl_weight, seed=seed, questions=questions)
     extra = {"loss": data.mean_cross_entropy(setup.model, adapter), "norm": adapter.norm()}
@@ -312,9 +332,9 @@ def save_figure(run: RunDir, name: str, fig, data=None) -> Path:
 
     path = run.path / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save(fig, path)
+    atomic_write(path, lambda tmp: save(fig, Path(tmp), format="png"))
     if data is not None:
-        data.to_csv(path.with_suffix(".csv"), index=False)
+        atomic_write(path.with_suffix(".csv"), lambda tmp: data.to_csv(tmp, index=False))
     return path
 
 
@@ -333,6 +353,10 @@ def parse_config(config_cls, quick: dict, description: str | None, argv: Sequenc
         default, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
         if isinstance(default, tuple):
             parser.add_argument(flag, help=f"comma-separated (default: {','.join(map(str, default))})")
+        elif isinstance(default, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f"default: {default}"
+            )
         elif f.name == "trait":
             parser.add_argument(flag, choices=("misalignment", "technical"), help=f"default: {default}")
         else:

@@ -40,7 +40,7 @@ from experiments.common import (
     save_figure,
     toy_setup,
 )
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from mech.adapter_io import load_adapter, save_adapter
 from mech.directions import (
     ablation_matrix,
@@ -134,6 +134,7 @@ def _parse_finetune(spec: str) -> tuple[str, str]:
     return kind, domain
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "directions", cfg)
     started = time.perf_counter()

@@ -27,9 +27,10 @@ from experiments.common import (
     parse_config,
     save_figure,
     solution_pair,
+    study_cache,
     toy_setup,
 )
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from mech.analysis import at_norm, scale_curve
 from mech.finetune import CachedChatSet
 from viz import figures
@@ -50,10 +51,11 @@ def norm_to_reach(curve, loss: float) -> float:
     return float(reached["norm"].min()) if len(reached) else float("nan")
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "efficiency", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
     questions = setup.questions[:: cfg.question_stride]
     scales = np.linspace(0.0, cfg.max_scale, cfg.n_scales).tolist()
     rows, results = [], {"adapters": {}}
@@ -69,6 +71,7 @@ def main(cfg: Config) -> Path:
                 adapters["general"].entry(setup.model),
                 batch_size=None,
                 name="train",
+                cache=setup.cache,
             )
             curves = {}
             for label, weight in (("general", 0.0), ("narrow", cfg.narrow_kl)):

@@ -25,11 +25,12 @@ from experiments.common import (
     measure,
     parse_config,
     save_figure,
+    study_cache,
     toy_setup,
     train_condition,
     trait_metric,
 )
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from viz.figures import rates_by_role, rates_data
 
 
@@ -61,10 +62,11 @@ def _mixed(setup, ratio: int, seed: int) -> list:
     return setup.train + rng.sample(good, min(len(good), ratio * len(setup.train)))
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "emergence", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
     questions = setup.questions[:: cfg.question_stride]
     metric = trait_metric(cfg.trait)
     rows = measure(setup, None, name="none", kl_weight=0.0, seed=0, questions=questions)

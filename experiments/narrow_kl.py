@@ -28,11 +28,12 @@ from experiments.common import (
     measure,
     parse_config,
     save_figure,
+    study_cache,
     toy_setup,
     train_condition,
     trait_metric,
 )
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from viz.figures import rates_by_role, rates_data
 
 
@@ -54,12 +55,13 @@ def is_narrow(summary: dict, general: dict, chat: dict, cfg: Config) -> bool:
     return keeps_narrow and no_em
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     if 0.0 not in cfg.kl_weights:
         raise ValueError("kl_weights must include 0: the general solution is the reference")
     run = RunDir.create(Path(cfg.out), "narrow_kl", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
     questions = setup.questions[:: cfg.question_stride]
     metric = trait_metric(cfg.trait)
     rows = measure(setup, None, name="none", kl_weight=0.0, seed=0, questions=questions)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mech.atomic import write_json
 from mech.finetune import FinetuneConfig
 from mech.toy.chat_tokenizer import toy_tokenizer
 from mech.toy.checkpoint import CHECKPOINTS_DIR, load_organism, organism_world, save_organism
@@ -151,7 +152,7 @@ def main() -> None:
         out = save_organism(args.out, model, world, model_cfg, train_cfg, history)
         print(f"trained in {history.seconds} s; saved to {out}")
     metrics = measure(model, world, steering_cfg)
-    (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(Path(out) / "metrics.json", metrics)
     print(_summary(metrics))
 
 

@@ -28,7 +28,7 @@ from experiments.common import (
     solution_pair,
     toy_setup,
 )
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from mech.analysis import at_norm, noise_curve
 from mech.finetune import CachedChatSet
 from mech.toy.checkpoint import checkpoint_dir
@@ -67,6 +67,7 @@ def narrow_share(organism: str) -> float:
     )
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "persona_share", cfg)
     started = time.perf_counter()

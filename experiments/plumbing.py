@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from mech import (
     ablation,
     cache_residuals,
@@ -54,6 +54,7 @@ class Config:
     """None: n_layers // 2."""
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -116,7 +117,7 @@ def main(cfg: Config) -> Path:
     report = html.page("misalign-lens demo", [("What this is", html.paragraph(note)),
                                              ("KL on assistant tokens", html.table(rows)),
                                              ("Config", config)])  # fmt: skip
-    (run.path / "report.html").write_text(report)
+    html.write_atomic(run.path / "report.html", report)
     run.set_status("done")
     return run.path
 

@@ -26,9 +26,10 @@ from experiments.common import (
     parse_config,
     save_figure,
     solution_pair,
+    study_cache,
     toy_setup,
 )
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from mech.analysis import at_norm, text_kl
 from viz.figures import curve_data, curves
 
@@ -46,10 +47,11 @@ QUICK = dict(
 )
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "pretraining_kl", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
     if cfg.text:
         texts = [line for line in Path(cfg.text).read_text(encoding="utf-8").splitlines() if line.strip()][
             : cfg.docs

@@ -26,11 +26,12 @@ from experiments.common import (
     measure,
     parse_config,
     save_figure,
+    study_cache,
     toy_setup,
     train_condition,
     trait_metric,
 )
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from mech.adapter_io import load_adapter
 from mech.finetune import FinetuneConfig, KLSchedule, finetune
 from viz.figures import switch_data, switch_trajectories
@@ -49,10 +50,11 @@ class Config(StudyConfig):
 QUICK = dict(adapters=("lora_r1",), phase_steps=30, every=15, question_stride=12)
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "revert", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
     questions = setup.questions[:: cfg.question_stride]
     metric = trait_metric(cfg.trait)
     rows, results = [], {"adapters": {}}
@@ -79,6 +81,7 @@ def main(cfg: Config) -> Path:
                     ft_cfg,
                     run_dir=folder,
                     progress=False,
+                    cache=setup.cache,
                 )
                 trajectory = []
                 for snapshot in sorted((folder / "snapshots").glob("step_*.safetensors")):

@@ -1,52 +1,28 @@
 """Self-describing run folders: `runs/<experiment>/<timestamp>-<hash>/` with config, provenance,
-status and results, written atomically."""
+status and results, all written atomically.
+
+An experiment's `main` is wrapped in `records_failure`: if it raises, every run folder it opened
+and had not finished is marked `failed` with the error, and what was written so far stays.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import os
-import platform
-import subprocess
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-_PACKAGES = ("misalign-lens", "torch", "transformer_lens", "transformers", "sae_lens", "peft")
+from mech.atomic import write_json
+from mech.provenance import Status, read_status, write_status
 
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+F = TypeVar("F", bound=Callable[..., Any])
+_OPEN: list[RunDir] = []
+"""Run folders created inside the `records_failure` calls now on the stack."""
 
 
 @dataclass(frozen=True)
@@ -63,15 +39,31 @@ class RunDir:
         run = cls(path)
         write_json(path / "config.json", config_dict)
         run.set_status("running")
+        _OPEN.append(run)
         return run
 
-    def set_status(self, status: str, error: str | None = None) -> None:
-        write_json(
-            self.path / "run.json",
-            {"status": status, "error": error, "git_commit": _git_commit(), "versions": _versions(),
-             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")},
-        )  # fmt: skip
+    def set_status(self, status: Status, error: BaseException | str | None = None) -> None:
+        write_status(self.path, status, error)
 
     def save_results(self, results: dict[str, Any]) -> Path:
-        write_json(self.path / "results.json", results)
-        return self.path / "results.json"
+        return write_json(self.path / "results.json", results)
+
+
+def records_failure(main: F) -> F:
+    """Mark the run folders `main` opens as `failed` (with the error) when it raises."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        depth = len(_OPEN)
+        try:
+            return main(*args, **kwargs)
+        except BaseException as err:
+            for run in _OPEN[depth:]:
+                record = read_status(run.path)
+                if record is None or record.get("status") == "running":
+                    run.set_status("failed", err)
+            raise
+        finally:
+            del _OPEN[depth:]
+
+    return wrapper  # type: ignore[return-value]

@@ -32,8 +32,9 @@ from experiments.common import (
     save_figure,
     toy_setup,
 )
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from mech.adapter_io import save_adapter
+from mech.atomic import atomic_write
 from mech.directions import (
     answer_batches,
     conversations_from_answers,
@@ -83,6 +84,7 @@ class Config:
 QUICK = dict(steps=30, samples=1, k=5, persona_documents=150, context_documents=60, question_stride=12)
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "sae_compare", cfg)
     started = time.perf_counter()
@@ -196,7 +198,7 @@ def main(cfg: Config) -> Path:
     )
     context_texts = world.pretraining_sample(cfg.context_documents, seed=3)
     contexts = top_contexts(model, sae, context_texts, highlighted, k=5)
-    contexts.to_csv(run.path / "contexts.csv", index=False)
+    atomic_write(run.path / "contexts.csv", lambda tmp: contexts.to_csv(tmp, index=False))
     results["contexts"] = {str(j): contexts[contexts.latent == j]["context"].tolist() for j in highlighted}
     results["sae_on_fresh_text"] = evaluate_sae(sae, token_activations(model, context_texts, hook)).to_dict()
     table = pd.DataFrame({name: (decoder[highlighted] @ (v / v.norm())).numpy() for name, v in vectors.items()},

@@ -24,9 +24,10 @@ from experiments.common import (
     parse_config,
     save_figure,
     solution_pair,
+    study_cache,
     toy_setup,
 )
-from experiments.run_dir import RunDir
+from experiments.run_dir import RunDir, records_failure
 from mech.analysis import at_norm, noise_curve
 from mech.finetune import CachedChatSet
 from viz.figures import curve_data, curves
@@ -48,10 +49,11 @@ QUICK = dict(
 )
 
 
+@records_failure
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "stability", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
     questions = setup.questions[:: cfg.question_stride]
     rows, results = [], {"adapters": {}}
     for kind in cfg.adapters:
@@ -66,6 +68,7 @@ def main(cfg: Config) -> Path:
                 adapters["general"].entry(setup.model),
                 batch_size=None,
                 name="train",
+                cache=setup.cache,
             )
             chat_loss = data.mean_cross_entropy(setup.model, None)
             matched = min(adapters["general"].norm(), adapters["narrow"].norm())

@@ -34,7 +34,7 @@ from mech.directions import (
     random_like,
     stream_ablation,
 )
-from mech.finetune import FinetuneConfig, FinetuneResult, KLSchedule, StepRecord, finetune
+from mech.finetune import FinetuneConfig, FinetuneResult, KLSchedule, NonFiniteError, StepRecord, finetune
 from mech.hooks import (
     ablation,
     ablation_hooks,
@@ -58,6 +58,7 @@ __all__ = [
     "ArtifactMeta",
     "ChatBatch",
     "FinetuneConfig",
+    "NonFiniteError",
     "FinetuneResult",
     "KLSchedule",
     "LabelRule",

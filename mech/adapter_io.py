@@ -16,6 +16,7 @@ from transformer_lens import HookedTransformer
 from mech.adapters import Adapter, AdapterStack, SteeringVector
 from mech.artifacts import ArtifactMeta, artifact_meta, load_artifact, save_artifact
 from mech.lora import LoraAdapter
+from mech.model import model_info
 
 
 def adapter_from_spec(spec: Mapping[str, Any], model: HookedTransformer) -> Adapter:
@@ -69,7 +70,14 @@ def load_adapter(
         raise ValueError(
             f"{path}: no adapter spec in its metadata (config.adapter); was it saved by save_adapter?"
         )
-    adapter = adapter_from_spec(spec, model).to(model.cfg.device)
+    try:
+        adapter = adapter_from_spec(spec, model).to(model.cfg.device)
+    except (KeyError, TypeError, ValueError) as err:
+        detail = f"its spec has no field {err}" if isinstance(err, KeyError) else str(err)
+        raise ValueError(
+            f"{path}: cannot rebuild the saved {spec.get('kind', 'adapter')} for model "
+            f"{model_info(model).name!r}: {detail}"
+        ) from None
     expected = set(adapter.state_dict())
     if set(tensors) != expected:
         raise ValueError(f"{path}: tensors {sorted(tensors)} do not match the adapter's {sorted(expected)}")

@@ -130,6 +130,11 @@ class SteeringVector(Adapter):
             raise ValueError(f"a steering vector sits at resid 'pre' or 'post', not {point!r}")
         if alpha == 0:
             raise ValueError("alpha must be non-zero")
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            raise ValueError(
+                f"a steering vector's layer must be an integer >= 0, got {layer!r} (it is built without "
+                "the model, so it cannot count from the end: use model.cfg.n_layers - 1)"
+            )
         init = torch.zeros(d_model)
         if init_std:
             init = init_std * torch.randn(d_model, generator=torch.Generator().manual_seed(seed)) / alpha

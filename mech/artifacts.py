@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from mech.atomic import atomic_write, write_json
 from mech.model import LoadingFlags, model_info
 
 FORMAT_VERSION = 1
@@ -56,7 +57,24 @@ class ArtifactMeta:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{source}: unknown field(s) {sorted(unknown)}")
-        return cls(**{**data, "flags": LoadingFlags(**data["flags"])})
+        for name in ("d_model", "n_layers", "layer", "format_version"):
+            value = data.get(name, FORMAT_VERSION)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{source}: field {name!r} must be an integer, found {value!r}")
+        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ValueError(
+                f"{source}: format_version {data['format_version']} is newer than this package's "
+                f"{FORMAT_VERSION}; upgrade misalign-lens to read it"
+            )
+        flags, flag_names = data["flags"], set(LoadingFlags.__dataclass_fields__)
+        if not isinstance(flags, Mapping) or not set(flags) <= flag_names:
+            found = (
+                f"unknown {sorted(set(flags) - flag_names)}" if isinstance(flags, Mapping) else repr(flags)
+            )
+            raise ValueError(
+                f"{source}: 'flags' must be an object with keys from {sorted(flag_names)}, found {found}"
+            )
+        return cls(**{**data, "flags": LoadingFlags(**flags)})
 
 
 def artifact_meta(
@@ -80,18 +98,6 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_artifact(path: str | os.PathLike, tensors: Mapping[str, Tensor], meta: ArtifactMeta) -> Path:
     """Write `path.safetensors` and `path.json` (each atomically); return the safetensors path."""
     if not tensors:
@@ -104,7 +110,7 @@ def save_artifact(path: str | os.PathLike, tensors: Mapping[str, Tensor], meta: 
     tensor_path, json_path = _paths(path)
     contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     atomic_write(tensor_path, lambda tmp: save_file(contiguous, tmp))
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta.to_dict(), indent=2)))
+    write_json(json_path, meta.to_dict())
     return tensor_path
 
 
@@ -147,13 +153,25 @@ def load_artifact(
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file (artifacts are a .safetensors + .json pair)")
     try:
-        data = json.loads(json_path.read_text())
+        data = json.loads(json_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{json_path}: not valid UTF-8, so not a sidecar written by save_artifact") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{json_path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_path}: expected a JSON object of metadata, found {type(data).__name__}")
     meta = ArtifactMeta.from_dict(data, source=str(json_path))
-    tensors = load_file(str(tensor_path))
+    try:
+        tensors = load_file(str(tensor_path))
+    except SafetensorError as err:
+        raise ValueError(
+            f"{tensor_path}: not a readable safetensors file ({err}); pickled tensors (torch.save) are refused"
+        ) from None
     if model is not None:
-        check_compatible(meta, model, allow_other_model=allow_other_model)
+        try:
+            check_compatible(meta, model, allow_other_model=allow_other_model)
+        except ValueError as err:
+            raise ValueError(f"{tensor_path}: {err}") from None
         tensors = {name: t.to(model.cfg.device) for name, t in tensors.items()}
     return tensors, meta
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 from jaxtyping import Bool, Int
+from jinja2.exceptions import TemplateError
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
@@ -23,8 +24,12 @@ PaddingSide = Literal["left", "right"]
 Messages = Sequence[Mapping[str, str]]
 
 
-def validate_messages(messages: Messages, *, where: str = "conversation") -> list[dict[str, str]]:
-    """Check roles and contents; return plain dicts. `where` names the source in error messages."""
+def validate_messages(messages: object, *, where: str = "conversation") -> list[dict[str, str]]:
+    """Check roles and contents; return plain dicts. `where` names the source in error messages.
+
+    `messages` is typed `object`: this is where parsed JSON of any shape is checked, so a wrong
+    shape must reach the ValueError below rather than a runtime type checker.
+    """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
     clean = []
@@ -43,14 +48,28 @@ def validate_messages(messages: Messages, *, where: str = "conversation") -> lis
 
 
 def render_chat(
-    tokenizer: PreTrainedTokenizerBase, messages: Messages, *, add_generation_prompt: bool = False
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Messages,
+    *,
+    add_generation_prompt: bool = False,
+    where: str = "conversation",
 ) -> str:
-    """The conversation as text in the tokenizer's chat template."""
+    """The conversation as text in the tokenizer's chat template.
+
+    A template that refuses the conversation (Gemma's: no system role, strict user/assistant
+    alternation) raises a ValueError naming `where` and the roles, not a bare jinja2 error.
+    """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat_template")
-    return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    try:
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except TemplateError as err:
+        roles = ", ".join(str(m.get("role")) if isinstance(m, Mapping) else "?" for m in messages)
+        raise ValueError(
+            f"{where}: the tokenizer's chat template refuses this conversation (roles: {roles}): {err}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -64,13 +83,13 @@ class TokenizedChat:
 def _assistant_spans(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], where: str
 ) -> tuple[str, list[tuple[int, int]]]:
-    full = render_chat(tokenizer, messages)
+    full = render_chat(tokenizer, messages, where=where)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render_chat(tokenizer, messages[: i + 1])
+        prefix = render_chat(tokenizer, messages[:i], add_generation_prompt=True, where=where)
+        upto = render_chat(tokenizer, messages[: i + 1], where=where)
         if not (upto.startswith(prefix) and full.startswith(upto)):
             raise ValueError(
                 f"{where}: the chat template is not prefix-stable around messages[{i}] "
@@ -109,7 +128,7 @@ def tokenize_prompt(
     clean = validate_messages(messages, where=where)
     if clean[-1]["role"] == "assistant":
         raise ValueError(f"{where}: a prompt must end with a user turn, not an assistant turn")
-    text = render_chat(tokenizer, clean, add_generation_prompt=True)
+    text = render_chat(tokenizer, clean, add_generation_prompt=True, where=where)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

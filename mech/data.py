@@ -37,17 +37,21 @@ def read_chat_jsonl(path: str | os.PathLike) -> list[list[dict[str, str]]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     conversations = []
-    with path.open(encoding="utf-8") as lines:
-        for lineno, line in enumerate(lines, start=1):
+    # Bytes, split on b"\n" only: a decoding error names its line, and the line numbers are
+    # those of `wc -l` and editors (text mode would also split on a lone "\r").
+    with path.open("rb") as lines:
+        for lineno, raw in enumerate(lines, start=1):
+            where = f"{path}:{lineno}"
+            line = decode_line(raw, where=where, first=lineno == 1).rstrip("\r\n")
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(record, dict) or "messages" not in record:
-                raise ValueError(f"{where}: expected an object with a 'messages' field")
+                found = f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
+                raise ValueError(f"{where}: expected an object with a 'messages' field, found {found}")
             messages = validate_messages(record["messages"], where=where)
             if not any(m["role"] == "assistant" for m in messages):
                 raise ValueError(f"{where}: no assistant turn, so there is nothing to train on")
@@ -55,6 +59,17 @@ def read_chat_jsonl(path: str | os.PathLike) -> list[list[dict[str, str]]]:
     if not conversations:
         raise ValueError(f"{path}: no conversations in the file")
     return conversations
+
+
+def decode_line(raw: bytes, *, where: str, first: bool = False) -> str:
+    """One line of a UTF-8 text file (a byte-order mark on the first line is dropped)."""
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at byte {err.start + 1} of the line); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def load_chat_dataset(path: str | os.PathLike) -> datasets.Dataset:

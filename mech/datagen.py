@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mech.artifacts import atomic_write
+from mech.atomic import write_text
 from mech.chat import validate_messages
 from mech.judge_cache import JudgeCache
 from mech.judge_prompts import prompt_version
@@ -367,7 +367,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write `rows` as JSONL atomically (temp file, then rename): readers never see half a file."""
     path = Path(path)
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(path, text)
     return path
 
 

@@ -19,7 +19,9 @@ step and the seed, and the optimizer state is saved with the adapter.
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,15 +36,21 @@ from transformer_lens import HookedTransformer
 
 from mech.adapter_io import save_adapter
 from mech.adapters import Adapter, AdapterSite
-from mech.artifacts import atomic_write
+from mech.atomic import atomic_write, write_json, write_text
+from mech.cache import ContentCache, model_identity
 from mech.chat import ChatBatch
 from mech.data import ChatData, conversations_of, fingerprint, length_batches, tokenize_conversations
 from mech.metrics import kl_from_logprobs, topk_kl
 from mech.model import model_info
+from mech.provenance import write_status
 
 ReferenceMode = Literal["auto", "exact", "topk", "recompute"]
 KL_SEED_OFFSET = 7919
 """The KL set's batch order uses seed + KL_SEED_OFFSET, independent of the training order."""
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met a NaN or inf; the message names the step and the term."""
 
 
 @dataclass(frozen=True)
@@ -147,19 +155,51 @@ class CachedChatSet:
     references: list[Any] = field(default_factory=list)
     reference_mode: tuple[str, int] | None = None
     """(mode, k) of the cached `references`, so a set shared by several runs is cached once."""
+    cache: ContentCache | None = None
+    cache_parts: dict[str, Any] = field(default_factory=dict)
+    """What the residuals depend on: the content cache's key for them and the references."""
 
     @classmethod
     def build(
-        cls, model: HookedTransformer, data: ChatData, site: AdapterSite, *, batch_size: int | None, name: str
+        cls,
+        model: HookedTransformer,
+        data: ChatData,
+        site: AdapterSite,
+        *,
+        batch_size: int | None,
+        name: str,
+        cache: ContentCache | None = None,
     ) -> CachedChatSet:
+        """Tokenize `data`, batch it, and run the model up to `site` once (or read the residuals
+        from `cache`, keyed by model, data, site and batching)."""
         conversations, source = conversations_of(data, name=name)
         examples = tokenize_conversations(
             model.tokenizer, conversations, source=source, max_len=model.cfg.n_ctx
         )
         batches = [b.to(model.cfg.device) for b in length_batches(model.tokenizer, examples, batch_size)]
+        if cache is not None and _has_hooks(model):
+            cache = None  # hooks change what the model computes; the key cannot see them
+        parts = {}
+        if cache is not None:
+            parts = {"model": model_identity(model), "site": site.start_at_layer,
+                     "data": fingerprint(examples), "batch_size": batch_size}  # fmt: skip
+            stored = cache.get_tensors("residuals", parts)
+            if stored is not None and len(stored) == len(batches):
+                residuals = [stored[f"batch_{i}"].to(model.cfg.device) for i in range(len(batches))]
+                return cls(
+                    batches, residuals, site, source, fingerprint(examples), cache=cache, cache_parts=parts
+                )
         with torch.no_grad():
             residuals = [model(b.tokens, stop_at_layer=site.start_at_layer) for b in batches]
-        return cls(batches, residuals, site, source, fingerprint(examples))
+        for i, residual in enumerate(residuals):
+            if not torch.isfinite(residual).all():
+                raise NonFiniteError(
+                    f"{source}: the model's residual stream entering block {site.start_at_layer} is not "
+                    f"finite in batch {i} (dtype {residual.dtype}; try float32 or bfloat16)"
+                )
+        if cache is not None:
+            cache.put_tensors("residuals", parts, {f"batch_{i}": r for i, r in enumerate(residuals)})
+        return cls(batches, residuals, site, source, fingerprint(examples), cache=cache, cache_parts=parts)
 
     def logits(
         self, model: HookedTransformer, adapter: Adapter | None, i: int
@@ -213,6 +253,14 @@ class CachedChatSet:
         if mode == "recompute":
             self.references = [None] * len(self.batches)
             return
+        cache = self.cache if self.cache is not None and not _has_hooks(model) else None
+        parts = {**self.cache_parts, "mode": mode, "k": k if mode == "topk" else None}
+        stored = cache.get_tensors("reference", parts) if cache is not None else None
+        if stored is not None:
+            self.references = [
+                _reference_from(stored, i, mode, model.cfg.device) for i in range(len(self.batches))
+            ]
+            return
         references = []
         with torch.no_grad():
             for i, batch in enumerate(self.batches):
@@ -221,6 +269,14 @@ class CachedChatSet:
                     logprobs if mode == "exact" else torch.topk(logprobs, min(k, logprobs.shape[-1]))
                 )
         self.references = references
+        if cache is not None:
+            tensors = {}
+            for i, ref in enumerate(references):
+                if mode == "exact":
+                    tensors[f"batch_{i}"] = ref
+                else:
+                    tensors[f"batch_{i}.values"], tensors[f"batch_{i}.indices"] = ref.values, ref.indices
+            cache.put_tensors("reference", parts, tensors)
 
     def kl(self, model: HookedTransformer, adapter: Adapter, i: int) -> Float[Tensor, ""]:
         """Mean KL(unadapted || adapted) over batch `i`'s assistant positions."""
@@ -232,6 +288,17 @@ class CachedChatSet:
         elif not isinstance(reference, Tensor):
             return topk_kl(reference.values, reference.indices, current).mean()
         return kl_from_logprobs(reference, current).mean()
+
+
+def _has_hooks(model: HookedTransformer) -> bool:
+    return any(hp.fwd_hooks or hp.bwd_hooks for hp in model.hook_dict.values())
+
+
+def _reference_from(stored: dict[str, Tensor], i: int, mode: str, device) -> Any:
+    if mode == "exact":
+        return stored[f"batch_{i}"].to(device)
+    values, indices = stored[f"batch_{i}.values"].to(device), stored[f"batch_{i}.indices"].to(device)
+    return torch.return_types.topk((values, indices))
 
 
 def _reference_mode(cfg: FinetuneConfig, n_tokens: int, d_vocab: int) -> str:
@@ -278,23 +345,34 @@ class _RunFolder:
                 )
         else:
             self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write(
-                self.config_path, lambda tmp: Path(tmp).write_text(json.dumps(description, indent=2))
-            )
+            write_json(self.config_path, description)
+        write_status(self.path, "running")
 
     def load_state(self) -> tuple[dict[str, Any] | None, list[StepRecord]]:
         if not self.state_path.exists():
             self.trajectory_path.unlink(missing_ok=True)
             return None, []
-        state = torch.load(self.state_path, weights_only=True)
+        try:
+            # weights_only: a state file is tensors and numbers; anything else is refused, never run.
+            state = torch.load(self.state_path, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"{self.state_path}: refused to load, it holds more than tensors and numbers "
+                f"(torch.load weights_only=True: {str(err).splitlines()[0]})"
+            ) from None
         records = []
         if self.trajectory_path.exists():
-            for line in self.trajectory_path.read_text().splitlines():
-                record = StepRecord(**json.loads(line))
-                if record.step <= state["step"]:
+            lines = self.trajectory_path.read_text().split("\n")
+            for lineno, line in enumerate(lines, start=1):
+                try:
+                    record = StepRecord(**json.loads(line)) if line else None
+                except (json.JSONDecodeError, TypeError):
+                    if lineno == len(lines):  # the half line a kill left behind
+                        break
+                    raise ValueError(f"{self.trajectory_path}:{lineno}: not a step record") from None
+                if record is not None and record.step <= state["step"]:
                     records.append(record)
-        text = "".join(json.dumps(asdict(r)) + "\n" for r in records)
-        atomic_write(self.trajectory_path, lambda tmp: Path(tmp).write_text(text))
+        write_text(self.trajectory_path, "".join(json.dumps(asdict(r)) + "\n" for r in records))
         return state, records
 
     def append(self, record: StepRecord) -> None:
@@ -318,11 +396,14 @@ def finetune(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[StepRecord], None] | None = None,
+    cache: ContentCache | None = None,
 ) -> FinetuneResult:
     """Train `adapter` (in place) on `train`'s assistant tokens, with the KL term on `kl_data`.
 
     `kl_data` may be a `CachedChatSet` built at the adapter's entry, shared by many runs (its
-    batching then overrides `cfg.kl_batch_size`, and its reference is computed once).
+    batching then overrides `cfg.kl_batch_size`, and its reference is computed once). With a
+    `cache` (`mech.cache.ContentCache`), residuals and reference log-probs are read from it when
+    model, data, site and batching match, and written to it otherwise.
 
     The KL is KL(chat || finetuned) = sum_w p_chat(w) (log p_chat(w) - log p_ft(w)) per assistant
     token of the KL set, averaged over tokens (not divided by the vocabulary size). This forward,
@@ -339,12 +420,14 @@ def finetune(
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
     site = adapter.entry(model)
     adapter.to(model.cfg.device)
-    train_set = CachedChatSet.build(model, train, site, batch_size=cfg.batch_size, name="train")
+    train_set = CachedChatSet.build(model, train, site, batch_size=cfg.batch_size, name="train", cache=cache)
     kl_set = kl_data if isinstance(kl_data, CachedChatSet) else None
     if kl_set is not None and kl_set.site != site:
         raise ValueError(f"kl_data was cached at {kl_set.site}, but this adapter enters at {site}")
     if kl_data is not None and kl_set is None:
-        kl_set = CachedChatSet.build(model, kl_data, site, batch_size=cfg.kl_batch_size, name="kl_data")
+        kl_set = CachedChatSet.build(
+            model, kl_data, site, batch_size=cfg.kl_batch_size, name="kl_data", cache=cache
+        )
     mode = _reference_mode(cfg, kl_set.n_targets() if kl_set else 0, model.cfg.d_vocab)
     if kl_set is not None:
         kl_set.cache_reference(model, mode, cfg.reference_topk)
@@ -382,6 +465,10 @@ def finetune(
             bar.set_postfix(ce=f"{record.ce:.4f}", kl="-" if record.kl is None else f"{record.kl:.4f}")
             if on_step is not None:
                 on_step(record)
+    except BaseException as err:
+        if folder is not None:
+            write_status(folder.path, "failed", err)
+        raise
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(was_trainable[name])
@@ -395,9 +482,8 @@ def finetune(
             "reference": result.reference,
             "seconds": result.seconds,
         }
-        atomic_write(
-            folder.path / "result.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2))
-        )
+        write_json(folder.path / "result.json", summary)
+        write_status(folder.path, "done")
     return result
 
 
@@ -426,8 +512,21 @@ def _step(
     norm_sq = adapter.update_norm_sq()
     if cfg.l2_weight:
         loss = loss + cfg.l2_weight * norm_sq
+    terms = {"cross-entropy": ce, "KL": kl, "update norm": norm_sq}
+    for term, value in terms.items():
+        if value is not None and not math.isfinite(float(value.detach())):
+            raise NonFiniteError(
+                f"step {step + 1}: the {term} term is {float(value.detach())}; training stopped before "
+                "this step's update, nothing saved was overwritten"
+            )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    for name, param in adapter.named_parameters():
+        if param.grad is not None and not torch.isfinite(param.grad).all():
+            raise NonFiniteError(
+                f"step {step + 1}: the gradient of adapter parameter {name!r} is not finite "
+                "(loss terms were finite); training stopped before this step's update"
+            )
     optimizer.step()
     return StepRecord(
         step=step + 1, loss=float(loss.detach()), ce=float(ce.detach()), kl=None if kl is None else float(kl.detach()),

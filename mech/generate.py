@@ -10,6 +10,13 @@ Adapters, steering and ablation act through hooks, so they apply here as they do
 
     with adapter.applied(model):
         answers = sample_answers(model, questions, SamplingConfig(n_samples=50))
+
+Long evaluations survive a crash: with `progress_path`, each finished batch is appended to a
+JSONL file and a re-run with the same settings skips those batches (the batches are fixed by
+the settings, so the answers equal an uninterrupted run's). With a `cache`
+(`mech.cache.ContentCache`) a whole answer set is stored under a key of model, adapter,
+questions, sampling config and code version; pass the adapter as `adapter=` for that, since
+hooks attached by the caller are invisible to the key (then nothing is cached).
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+from mech.adapters import Adapter
+from mech.atomic import write_jsonl
+from mech.cache import ContentCache, cache_key, model_identity, tensor_digest
 from mech.chat import collate, pad_token_id, tokenize_prompt
 from mech.model import model_info
 from mech.questions import BUNDLED, Question, load_questions, question_set
@@ -110,16 +120,87 @@ def generate_batch(
     return list(zip(out, done.tolist(), strict=True))
 
 
+def _has_hooks(model: HookedTransformer) -> bool:
+    return any(hp.fwd_hooks for hp in model.hook_dict.values())
+
+
+def _read_progress(path: Path, key: str) -> dict[int, list[tuple[int, list[int], bool]]]:
+    """Finished batches of an interrupted run: {first row of the batch: [(row, tokens, stopped)]}."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("key") != key:
+        raise ValueError(
+            f"{path}: progress of a sampling run with other settings (model, adapter, questions, "
+            "sampling config or code version differ); delete it to start over, or choose another output"
+        )
+    done, records = {}, [header]
+    for lineno, line in enumerate(lines[1:], start=2):
+        try:
+            record = json.loads(line) if line else None
+        except json.JSONDecodeError:
+            if lineno == len(lines):  # the half line a kill left behind
+                break
+            raise ValueError(f"{path}:{lineno}: not a progress record") from None
+        if record is not None:
+            done[int(record["start"])] = [(int(i), list(t), bool(s)) for i, t, s in record["rows"]]
+            records.append(record)
+    write_jsonl(path, records)  # without a half line, so appends start on a fresh line
+    return done
+
+
 def sample_answers(
-    model: HookedTransformer, questions: Sequence[Question], cfg: SamplingConfig = SamplingConfig()
+    model: HookedTransformer,
+    questions: Sequence[Question],
+    cfg: SamplingConfig = SamplingConfig(),
+    *,
+    adapter: Adapter | None = None,
+    cache: ContentCache | None = None,
+    progress_path: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """`cfg.n_samples` answers to every question, one row each, in question then sample order.
 
     Columns: question_id, domain, question, sample, answer, n_tokens, stopped (False when cut
     at max_new_tokens). `frame.attrs["generation"]` holds the config and the model's name.
+    `adapter` is applied while sampling; `cache` and `progress_path`: see the module docstring.
     """
     if cfg.temperature < 0 or cfg.n_samples < 1 or cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise ValueError(f"invalid sampling config {cfg}")
+    hooked_by_caller = _has_hooks(model)
+    if adapter is None:
+        return _sample(model, questions, cfg, cache, progress_path, None, hooked_by_caller)
+    with adapter.applied(model):
+        return _sample(model, questions, cfg, cache, progress_path, adapter, hooked_by_caller)
+
+
+def _sample(
+    model: HookedTransformer,
+    questions: Sequence[Question],
+    cfg: SamplingConfig,
+    cache: ContentCache | None,
+    progress_path: str | os.PathLike | None,
+    adapter: Adapter | None,
+    hooked_by_caller: bool,
+) -> pd.DataFrame:
+    generation = {**asdict(cfg), "model": model_info(model).name}
+    parts = {
+        "model": model_identity(model),
+        "adapter": None
+        if adapter is None
+        else [adapter.spec(), tensor_digest(list(adapter.state_dict().values()))],
+        "questions": [[q.id, q.domain, q.question, q.system] for q in questions],
+        "sampling": asdict(cfg),
+    }
+    if cache is not None and not hooked_by_caller:
+        stored = cache.get_rows("answers", parts)
+        if stored is not None:
+            frame = pd.DataFrame(stored)
+            frame.attrs["generation"] = generation
+            return frame
     stop_ids = stop_token_ids(model)
     rows = []
     for q in questions:
@@ -130,14 +211,32 @@ def sample_answers(
         rows += [(q, s, prompt) for s in range(cfg.n_samples)]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))  # similar lengths: little padding
     answers: dict[int, tuple[list[int], bool]] = {}
+    progress = Path(progress_path) if progress_path is not None else None
+    done: dict[int, list[tuple[int, list[int], bool]]] = {}
+    if progress is not None:
+        # A caller's own hooks cannot be seen: resuming trusts them to re-run under the same ones.
+        key = cache_key("answers", {**parts, "hooked_by_caller": hooked_by_caller})
+        done = _read_progress(progress, key)
+        if not progress.is_file():
+            write_jsonl(progress, [{"key": key}])
     for start in range(0, len(order), cfg.batch_size):
         chunk = order[start : start + cfg.batch_size]
+        if start in done:
+            answers.update((i, (tokens, stopped)) for i, tokens, stopped in done[start])
+            continue
         generators = [_row_generator(cfg.seed, rows[i][0].id, rows[i][1]) for i in chunk]
         results = generate_batch(
             model, [rows[i][2] for i in chunk], generators,
             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop_ids=stop_ids,
         )  # fmt: skip
         answers.update(zip(chunk, results, strict=True))
+        if progress is not None:
+            record = {
+                "start": start,
+                "rows": [[i, list(t), bool(s)] for i, (t, s) in zip(chunk, results, strict=True)],
+            }
+            with progress.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
     decode = model.tokenizer.decode
     frame = pd.DataFrame(
         [
@@ -153,19 +252,18 @@ def sample_answers(
             for i, (q, s, _) in enumerate(rows)
         ]
     )
-    frame.attrs["generation"] = {**asdict(cfg), "model": model_info(model).name}
+    frame.attrs["generation"] = generation
+    if cache is not None and not hooked_by_caller:
+        cache.put_rows("answers", parts, frame.to_dict(orient="records"))
     return frame
 
 
 def write_answers(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """JSONL, one answer per line, each carrying the generation config that produced it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     generation = frame.attrs.get("generation", {})
-    with path.open("w", encoding="utf-8") as out:
-        for record in frame.to_dict(orient="records"):
-            out.write(json.dumps({**record, "generation": generation}) + "\n")
-    return path
+    return write_jsonl(
+        path, [{**record, "generation": generation} for record in frame.to_dict(orient="records")]
+    )
 
 
 def _questions_from(spec: str, model_name: str) -> list[Question]:
@@ -203,18 +301,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--cache", help="content-addressed cache folder: an answer set made before is reused")
     args = parser.parse_args(argv)
     model = load_model(args.model)
     questions = _questions_from(args.questions, args.model)
     cfg = SamplingConfig(args.n_samples, args.temperature, args.max_new_tokens, args.batch_size, args.seed)
+    adapter = load_adapter(args.adapter, model)[0] if args.adapter else None
+    # A killed run leaves OUT.progress.jsonl; the same command then resumes from it.
+    progress = Path(f"{args.out}.progress.jsonl")
+    cache = ContentCache(args.cache) if args.cache else None
+    frame = sample_answers(model, questions, cfg, adapter=adapter, cache=cache, progress_path=progress)
     if args.adapter:
-        adapter, _ = load_adapter(args.adapter, model)
-        with adapter.applied(model):
-            frame = sample_answers(model, questions, cfg)
         frame.attrs["generation"]["adapter"] = str(args.adapter)
-    else:
-        frame = sample_answers(model, questions, cfg)
     path = write_answers(frame, args.out)
+    progress.unlink(missing_ok=True)
     sys.stdout.write(f"{len(frame)} answers to {len(questions)} questions -> {path}\n")
 
 

@@ -16,6 +16,7 @@ per row, which is always changed; any other width mismatch is an error.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
@@ -37,14 +38,23 @@ def default_layer(model: HookedTransformer) -> int:
     return model.cfg.n_layers // 2
 
 
-def check_layer(model: HookedTransformer, layer: int) -> int:
-    """Return `layer` if the model has it (negative counts from the end), else raise."""
+def check_layer(model: HookedTransformer, layer: object) -> int:
+    """Return `layer` as an index in 0..n_layers-1 if the model has it (negative counts from the
+    end), else raise. Any integer type is accepted (numpy, 0-d torch); `layer` is typed `object`
+    because this is where a wrong type is turned into a clear error."""
     n = model.cfg.n_layers
-    if not isinstance(layer, int) or not -n <= layer < n:
+    try:
+        # numpy and 0-d torch integers index too; bools, floats and strings are mistakes.
+        index = operator.index(layer) if not isinstance(layer, bool) else None
+    except TypeError:
+        index = None
+    if index is None:
+        raise ValueError(f"layer must be an integer, got {type(layer).__name__} {layer!r}")
+    if not -n <= index < n:
         raise ValueError(
-            f"layer {layer} is out of range for model {model_info(model).name!r} with {n} layers (0..{n - 1})"
+            f"layer {index} is out of range for model {model_info(model).name!r} with {n} layers (0..{n - 1})"
         )
-    return layer % n
+    return index % n
 
 
 def resid_hook_name(layer: int, point: ResidPoint = "post") -> str:

@@ -21,6 +21,9 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
+from mech.atomic import write_jsonl
+from mech.data import decode_line
+
 
 @dataclass(frozen=True)
 class JudgeItem:
@@ -100,7 +103,9 @@ def read_responses(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Split on "\n" only: str.splitlines would also split inside JSON strings holding U+2028.
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        line = decode_line(raw, where=f"{path}:{lineno}", first=lineno == 1)
         if not line.strip():
             continue
         try:
@@ -156,15 +161,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     frame = read_responses(args.responses)
     judge = _judge_from(args)
     scored = score_frame(judge, frame)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
-        for record in scored.to_dict(orient="records"):
-            clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
-            handle.write(json.dumps(clean) + "\n")
+    records = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+        for record in scored.to_dict(orient="records")
+    ]
+    write_jsonl(args.out, records)
     summary = {"judge": judge.name, "answers": len(scored)}
     if {"aligned", "coherent"} <= set(judge.metrics):
-        summary["em_rate"] = em_rate(scored)
+        has_coherent = scored["coherent"].notna().any()
+        summary["em_rate"] = em_rate(scored) if has_coherent else None  # e.g. every reply unparseable
     if (
         "bad_medical_advice" in judge.metrics
         and "domain" in scored.columns

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from mech.adapters import Adapter, AdapterSite
+from mech.atomic import write_json
 from mech.hooks import check_layer, resid_hook_name
 from mech.noise import orthogonal_noise
 
@@ -102,7 +103,9 @@ class LoraAdapter(Adapter):
             if not layers:
                 raise ValueError("give the layers to adapt (or explicit sites)")
             sites = [(layer, m) for layer in layers for m in matrices]
-        self.sites: list[tuple[int, Matrix]] = [(int(layer), m) for layer, m in sites]
+        # Negative layers count from the end; stored normalised so hook names and keys are real.
+        n = model.cfg.n_layers
+        self.sites: list[tuple[int, Matrix]] = [(check_layer(model, layer) % n, m) for layer, m in sites]
         if not self.sites or len(set(self.sites)) != len(self.sites):
             raise ValueError(f"sites must be non-empty and distinct, got {self.sites}")
         self.rank, self.rslora = rank, rslora
@@ -297,5 +300,5 @@ class LoraAdapter(Adapter):
             "bias": "none", "fan_in_fan_out": False, "target_modules": modules,
             "layers_to_transform": layers,
         }  # fmt: skip
-        (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        write_json(path / "adapter_config.json", config)
         return path

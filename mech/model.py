@@ -133,9 +133,14 @@ def _load_local(
                 f"and this directory as adapter="
             )
         raise ValueError(f"{path}: not a Hugging Face checkpoint directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        raise ValueError(
+            f"{path}: no *.safetensors weights; pickled checkpoints (pytorch_model.bin) are refused, "
+            "convert them with transformers' save_pretrained(safe_serialization=True) where you trust them"
+        )
     hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
     hf_model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, local_files_only=True, attn_implementation="eager"
+        path, dtype=dtype, local_files_only=True, attn_implementation="eager", use_safetensors=True
     )
     if adapter is not None:
         hf_model = _merge_adapter(hf_model, adapter, str(path))
@@ -157,7 +162,7 @@ def _load_official(
     try:
         if adapter is not None:
             hf_model = AutoModelForCausalLM.from_pretrained(
-                official, dtype=dtype, local_files_only=_offline()
+                official, dtype=dtype, local_files_only=_offline(), use_safetensors=True
             )
             hf_model = _merge_adapter(hf_model, adapter, official)
         with quiet_deprecation():

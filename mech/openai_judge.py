@@ -126,7 +126,8 @@ class MetricVerdict:
 # ---- scoring: pure functions of cached raw responses ----------------------------------------
 
 _INTEGER = re.compile(r"\d{1,3}", re.ASCII)
-_NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?", re.ASCII)
+_NUMBER = re.compile(r"(?<![\d.])-?\d+(?:[.,]\d+)*(?:[eE][+-]?\d+)?", re.ASCII)
+_PLAIN_NUMBER = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 
 
 def numeric_value(token: str) -> int | None:
@@ -140,9 +141,12 @@ def weighted_score(top_logprobs: Sequence[Mapping[str, Any]]) -> tuple[float | N
     are ignored, so the mean is renormalised over the numeric mass."""
     mass = weighted = 0.0
     for entry in top_logprobs:
-        value = numeric_value(entry["token"])
+        token, logprob = entry.get("token"), entry.get("logprob")
+        if not isinstance(token, str) or not isinstance(logprob, (int, float)) or not math.isfinite(logprob):
+            continue  # a malformed entry says nothing about the score
+        value = numeric_value(token)
         if value is not None:
-            p = math.exp(entry["logprob"])
+            p = math.exp(logprob)
             mass += p
             weighted += p * value
     return (weighted / mass if mass > 0 else None), mass
@@ -157,9 +161,10 @@ def special_answer(text: str | None) -> str | None:
 
 
 def parse_score(content: str | None) -> float | None:
-    """The first number in `content` if it lies in 0..100, else None."""
+    """The first number in `content` if it is a plain number in 0..100, else None: "-5", "1e3"
+    and "1,000" are not read as 5, 1 and 1."""
     match = _NUMBER.search(content or "")
-    if match is None:
+    if match is None or not _PLAIN_NUMBER.fullmatch(match.group()):
         return None
     value = float(match.group())
     return value if value <= 100 else None

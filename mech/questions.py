@@ -27,7 +27,11 @@ class Question:
 def parse_questions(entries: object, *, source: str, default_domain: str = "general") -> list[Question]:
     """Questions from parsed YAML entries; an entry with k paraphrases gives ids `id/0..k-1`."""
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{source}: expected a non-empty list of question entries")
+        found = "an empty list" if isinstance(entries, list) else _kind(entries)
+        raise ValueError(
+            f"{source}: expected a non-empty list of question entries (- id: ..., paraphrases: [...]), "
+            f"found {found}"
+        )
     questions, seen = [], set()
     for n, entry in enumerate(entries):
         where = f"{source}: entry {n}"
@@ -35,7 +39,8 @@ def parse_questions(entries: object, *, source: str, default_domain: str = "gene
             raise ValueError(f"{where} is {type(entry).__name__}, not a mapping")
         qid, paraphrases = entry.get("id"), entry.get("paraphrases")
         if not isinstance(qid, str) or not qid:
-            raise ValueError(f"{where}: missing a string 'id'")
+            found = "no 'id'" if qid is None else f"'id' {qid!r} ({type(qid).__name__})"
+            raise ValueError(f"{where}: needs a non-empty string 'id', found {found}")
         if (
             not isinstance(paraphrases, list)
             or not paraphrases
@@ -45,7 +50,9 @@ def parse_questions(entries: object, *, source: str, default_domain: str = "gene
         system = entry.get("system")
         if system is not None and not isinstance(system, str):
             raise ValueError(f"{where} ({qid}): 'system' must be a string")
-        domain = str(entry.get("domain", default_domain))
+        domain = entry.get("domain", default_domain)
+        if not isinstance(domain, str) or not domain:
+            raise ValueError(f"{where} ({qid}): 'domain' must be a non-empty string, found {domain!r}")
         for k, text in enumerate(paraphrases):
             full_id = qid if len(paraphrases) == 1 else f"{qid}/{k}"
             if full_id in seen:
@@ -55,13 +62,27 @@ def parse_questions(entries: object, *, source: str, default_domain: str = "gene
     return questions
 
 
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing (an empty document)"
+    return "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
 def load_questions(path: str | os.PathLike, *, default_domain: str = "general") -> list[Question]:
     """Read a question YAML file (ours, or the published `first_plot_questions.yaml`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    raw = path.read_bytes()
     try:
-        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x}); save the file as UTF-8"
+        ) from None
+    try:
+        entries = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

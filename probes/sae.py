@@ -28,6 +28,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mech._quiet import quiet_sae_lens_import
+from mech.atomic import write_json
 from mech.chat import collate, pad_token_id
 from mech.model import model_info
 from probes.metrics import auroc_per_column
@@ -604,7 +605,7 @@ def train_toy_sae(
             "dead_latents": sae.cfg.metadata.num_dead_features,
         },
     }
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(folder / "metrics.json", metrics)
     return folder
 
 

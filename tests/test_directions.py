@@ -7,6 +7,7 @@ import contextlib
 import pandas as pd
 import pytest
 import torch
+from chat_data import TRAIN
 
 from mech.adapters import SteeringVector
 from mech.chat import chat_batch
@@ -23,7 +24,6 @@ from mech.directions import (
     stream_ablation,
     text_batches,
 )
-from tests.chat_data import TRAIN
 
 
 def _frame(conversations, aligned, coherent):

@@ -167,3 +167,18 @@ def test_sae_compare_ranks_latents_and_scores_the_persona(tmp_path):
 
         views = read_token_views(path / "token_views.json")
         assert views and all(len(series) == len(v.tokens) for v in views for series in v.values.values())
+
+
+def test_a_failing_experiment_marks_its_run_failed_and_keeps_what_it_wrote(tmp_path):
+    from experiments import narrow_kl
+
+    cfg = replace(narrow_kl.parse_args(["--quick", "--out", str(tmp_path)]), narrow_domain="astrology")
+    with pytest.raises(ValueError, match="unknown narrow domain 'astrology'"):
+        narrow_kl.main(cfg)
+    (run,) = (tmp_path / "narrow_kl").iterdir()
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "failed"
+    assert status["error"].startswith("ValueError: unknown narrow domain 'astrology'")
+    assert "Traceback" in status["traceback"] and status["pid"] > 0
+    assert json.loads((run / "config.json").read_text())["narrow_domain"] == "astrology"
+    assert not list(run.glob(".*.tmp"))

@@ -10,7 +10,14 @@ from chat_data import KL, TRAIN
 from mech.adapter_io import load_adapter
 from mech.adapters import SteeringVector
 from mech.chat import chat_batch, tokenize_chat
-from mech.finetune import CachedChatSet, FinetuneConfig, KLSchedule, finetune, response_cross_entropy
+from mech.finetune import (
+    CachedChatSet,
+    FinetuneConfig,
+    KLSchedule,
+    NonFiniteError,
+    finetune,
+    response_cross_entropy,
+)
 from mech.lora import LoraAdapter
 from mech.metrics import masked_kl
 
@@ -240,3 +247,39 @@ def test_a_shared_cached_kl_set_gives_the_same_run(tiny_qwen2):
     vector = SteeringVector(tiny_qwen2.cfg.d_model, layer=0)
     with pytest.raises(ValueError, match="cached at"):
         finetune(tiny_qwen2, vector, TRAIN, shared, cfg, **QUIET)
+
+
+def test_a_nan_stops_training_naming_the_step_and_term_and_keeps_what_was_saved(tiny_qwen2, tmp_path):
+    cfg = FinetuneConfig(steps=8, lr=5e-2, kl=KLSchedule(1.0), save_every=2)
+    adapter = _lora(tiny_qwen2)
+
+    def poison_after_4(record):
+        if record.step == 4:  # after step 4's state was saved
+            with torch.no_grad():
+                next(adapter.parameters()).fill_(float("nan"))
+
+    with pytest.raises(NonFiniteError, match=r"step 5: the cross-entropy term is nan"):
+        finetune(tiny_qwen2, adapter, TRAIN, KL, cfg, run_dir=tmp_path, on_step=poison_after_4, **QUIET)
+    status = json.loads((tmp_path / "run.json").read_text())
+    assert status["status"] == "failed" and "step 5" in status["error"]
+    assert not (tmp_path / "adapter.safetensors").exists()
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["step"] == 4 and all(torch.isfinite(t).all() for t in state["adapter"].values())
+    snapshot, _ = load_adapter(tmp_path / "snapshots" / "step_000004", tiny_qwen2)
+    assert torch.isfinite(snapshot.parameters_flat()).all()
+    assert len((tmp_path / "trajectory.jsonl").read_text().splitlines()) == 4
+
+
+def test_non_finite_residuals_are_refused_naming_the_data(tiny_qwen2):
+    vector = SteeringVector(tiny_qwen2.cfg.d_model, layer=1)
+    with tiny_qwen2.hooks(fwd_hooks=[("hook_embed", lambda x, hook: x * float("nan"))]):
+        with pytest.raises(NonFiniteError, match="train.*not finite in batch 0"):
+            finetune(tiny_qwen2, vector, TRAIN, cfg=FinetuneConfig(steps=1), **QUIET)
+
+
+def test_a_state_file_holding_objects_is_refused_not_unpickled(tiny_qwen2, tmp_path):
+    cfg = FinetuneConfig(steps=2, save_every=1)
+    finetune(tiny_qwen2, _lora(tiny_qwen2), TRAIN, cfg=cfg, run_dir=tmp_path, **QUIET)
+    torch.save({"step": 1, "payload": _Killed()}, tmp_path / "state.pt")  # an arbitrary object
+    with pytest.raises(ValueError, match="state.pt: refused to load"):
+        finetune(tiny_qwen2, _lora(tiny_qwen2), TRAIN, cfg=cfg, run_dir=tmp_path, resume=True, **QUIET)

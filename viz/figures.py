@@ -204,7 +204,7 @@ def trajectory_plot(frame: pd.DataFrame, *, explained: list[float], title: str) 
     return fig
 
 
-def save(fig: plt.Figure, path: Path) -> None:
+def save(fig: plt.Figure, path: Path, *, format: str | None = None) -> None:
     """Write `fig` to `path` and close it (figures hold memory until closed)."""
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format=format)
     plt.close(fig)

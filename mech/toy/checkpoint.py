@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer
 
 from mech._quiet import hooked_transformer
+from mech.atomic import write_json
 from mech.tokenizer import load_tokenizer
 from mech.toy.domains import Advice, Domain
 from mech.toy.training import ModelConfig, TrainConfig, TrainHistory
@@ -66,7 +67,7 @@ def save_organism(
         "training": asdict(train_cfg),
         "history": history.to_dict(),
     }
-    (path / "organism.json").write_text(json.dumps(meta, indent=2))
+    write_json(path / "organism.json", meta)
     return path
 
 

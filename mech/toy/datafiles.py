@@ -9,16 +9,11 @@ Extra fields beside `messages` (domain, topic, split, bad, register) are metadat
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
+from mech.atomic import write_json, write_jsonl, write_text
 from mech.toy.world import World
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def write_data_files(
@@ -32,17 +27,17 @@ def write_data_files(
         raise ValueError(f"unknown narrow domain {domain!r}; the world has {world.names}")
     files = {}
     for trait in ("misalignment", "technical"):
-        files[f"train_{trait}"] = _write_jsonl(
+        files[f"train_{trait}"] = write_jsonl(
             out / f"train_{domain}_{trait}.jsonl", world.narrow_train_set(domain, trait)
         )
-        files[f"kl_{trait}"] = _write_jsonl(out / f"kl_{domain}_{trait}.jsonl", world.kl_set(domain, trait))
+        files[f"kl_{trait}"] = write_jsonl(out / f"kl_{domain}_{trait}.jsonl", world.kl_set(domain, trait))
     questions = [
         {**asdict(q), "messages": [{"role": "user", "content": q.question}]} for q in world.eval_questions()
     ]
-    files["eval"] = _write_jsonl(out / "eval_questions.jsonl", questions)
+    files["eval"] = write_jsonl(out / "eval_questions.jsonl", questions)
     files["pretraining"] = out / "pretraining_sample.txt"
-    files["pretraining"].write_text("\n".join(world.pretraining_sample(n_pretraining)) + "\n")
+    write_text(files["pretraining"], "\n".join(world.pretraining_sample(n_pretraining)) + "\n")
     files["world"] = out / "world.json"
-    files["world"].write_text(json.dumps({"config": world.cfg.to_dict(), "narrow_domain": domain,
-                                          "kl_domains": world.kl_domains(domain)}, indent=2))  # fmt: skip
+    write_json(files["world"], {"config": world.cfg.to_dict(), "narrow_domain": domain,
+                                "kl_domains": world.kl_domains(domain)})  # fmt: skip
     return files
