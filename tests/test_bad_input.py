@@ -2,9 +2,8 @@
 layer or model, and leaves nothing half-written behind.
 
 `CASES` is the table: one row per bad input, one test per row, and the README's "Bad input"
-table (`docs/bad_input.md` until it is merged) lists every row by `name`. Rows marked `pending`
-describe a fix that belongs to another module; they are strict xfails, so the fix turns them
-red until the mark is removed.
+table lists every row by `name`. A row may carry `pending` (a known gap, described): it is then a
+strict xfail, which turns red once the gap is fixed, until the mark is removed.
 """
 
 from __future__ import annotations
@@ -473,12 +472,8 @@ def test_case_names_are_unique():
 
 
 def test_readme_lists_every_case():
-    """The README's bad-input table (docs/bad_input.md until merged) has a row for every case."""
-    readme = REPO / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    if "## Bad input" not in text:
-        text = (REPO / "docs" / "bad_input.md").read_text(encoding="utf-8")
-    section = text[text.index("## Bad input") :]
-    section = section.split("\n## ", 1)[0]  # up to the next section
+    """The README's bad-input table has a row for every case."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Bad input") :].split("\n## ", 1)[0]  # up to the next section
     missing = [case.name for case in CASES if f"| {case.name} |" not in section]
     assert not missing, f"add these rows to the Bad input table: {missing}"
