@@ -34,8 +34,16 @@ class RunDir:
         """A new run folder for `experiment`, with `config` (a dataclass) and provenance recorded."""
         config_dict = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         digest = hashlib.sha256(json.dumps(config_dict, sort_keys=True, default=str).encode()).hexdigest()
-        path = Path(root) / experiment / f"{time.strftime('%Y%m%d-%H%M%S')}-{digest[:8]}"
-        path.mkdir(parents=True, exist_ok=True)
+        base = Path(root) / experiment / f"{time.strftime('%Y%m%d-%H%M%S')}-{digest[:8]}"
+        path, n = base, 1
+        (Path(root) / experiment).mkdir(parents=True, exist_ok=True)
+        while True:  # the same config again within a second (a retry) gets its own folder
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
         run = cls(path)
         write_json(path / "config.json", config_dict)
         run.set_status("running")
