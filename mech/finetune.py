@@ -40,6 +40,7 @@ from mech.atomic import atomic_write, write_json, write_text
 from mech.cache import ContentCache, model_identity
 from mech.chat import ChatBatch
 from mech.data import ChatData, conversations_of, fingerprint, length_batches, tokenize_conversations
+from mech.hooks import has_hooks
 from mech.metrics import kl_from_logprobs, topk_kl
 from mech.model import model_info
 from mech.provenance import write_status
@@ -177,7 +178,7 @@ class CachedChatSet:
             model.tokenizer, conversations, source=source, max_len=model.cfg.n_ctx
         )
         batches = [b.to(model.cfg.device) for b in length_batches(model.tokenizer, examples, batch_size)]
-        if cache is not None and _has_hooks(model):
+        if cache is not None and has_hooks(model):
             cache = None  # hooks change what the model computes; the key cannot see them
         parts = {}
         if cache is not None:
@@ -253,7 +254,7 @@ class CachedChatSet:
         if mode == "recompute":
             self.references = [None] * len(self.batches)
             return
-        cache = self.cache if self.cache is not None and not _has_hooks(model) else None
+        cache = self.cache if self.cache is not None and not has_hooks(model) else None
         parts = {**self.cache_parts, "mode": mode, "k": k if mode == "topk" else None}
         stored = cache.get_tensors("reference", parts) if cache is not None else None
         if stored is not None:
@@ -288,10 +289,6 @@ class CachedChatSet:
         elif not isinstance(reference, Tensor):
             return topk_kl(reference.values, reference.indices, current).mean()
         return kl_from_logprobs(reference, current).mean()
-
-
-def _has_hooks(model: HookedTransformer) -> bool:
-    return any(hp.fwd_hooks or hp.bwd_hooks for hp in model.hook_dict.values())
 
 
 def _reference_from(stored: dict[str, Tensor], i: int, mode: str, device) -> Any:

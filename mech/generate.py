@@ -39,6 +39,7 @@ from mech.adapters import Adapter
 from mech.atomic import write_jsonl
 from mech.cache import ContentCache, cache_key, model_identity, tensor_digest
 from mech.chat import collate, pad_token_id, tokenize_prompt
+from mech.hooks import has_hooks
 from mech.model import model_info
 from mech.questions import BUNDLED, Question, load_questions, question_set
 
@@ -120,10 +121,6 @@ def generate_batch(
     return list(zip(out, done.tolist(), strict=True))
 
 
-def _has_hooks(model: HookedTransformer) -> bool:
-    return any(hp.fwd_hooks for hp in model.hook_dict.values())
-
-
 def _read_progress(path: Path, key: str) -> dict[int, list[tuple[int, list[int], bool]]]:
     """Finished batches of an interrupted run: {first row of the batch: [(row, tokens, stopped)]}."""
     if not path.is_file():
@@ -170,7 +167,7 @@ def sample_answers(
     """
     if cfg.temperature < 0 or cfg.n_samples < 1 or cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise ValueError(f"invalid sampling config {cfg}")
-    hooked_by_caller = _has_hooks(model)
+    hooked_by_caller = has_hooks(model)
     if adapter is None:
         return _sample(model, questions, cfg, cache, progress_path, None, hooked_by_caller)
     with adapter.applied(model):

@@ -57,6 +57,11 @@ def check_layer(model: HookedTransformer, layer: object) -> int:
     return index % n
 
 
+def has_hooks(model: HookedTransformer) -> bool:
+    """Whether any hook is attached to the model now (what it computes may then differ from its weights)."""
+    return any(hp.fwd_hooks or hp.bwd_hooks for hp in model.hook_dict.values())
+
+
 def resid_hook_name(layer: int, point: ResidPoint = "post") -> str:
     """`blocks.{layer}.hook_resid_{point}`."""
     if point not in ("pre", "mid", "post"):
