@@ -178,18 +178,17 @@ class CachedChatSet:
             model.tokenizer, conversations, source=source, max_len=model.cfg.n_ctx
         )
         batches = [b.to(model.cfg.device) for b in length_batches(model.tokenizer, examples, batch_size)]
+        data_hash = fingerprint(examples)
         if cache is not None and has_hooks(model):
             cache = None  # hooks change what the model computes; the key cannot see them
         parts = {}
         if cache is not None:
             parts = {"model": model_identity(model), "site": site.start_at_layer,
-                     "data": fingerprint(examples), "batch_size": batch_size}  # fmt: skip
+                     "data": data_hash, "batch_size": batch_size}  # fmt: skip
             stored = cache.get_tensors("residuals", parts)
             if stored is not None and len(stored) == len(batches):
                 residuals = [stored[f"batch_{i}"].to(model.cfg.device) for i in range(len(batches))]
-                return cls(
-                    batches, residuals, site, source, fingerprint(examples), cache=cache, cache_parts=parts
-                )
+                return cls(batches, residuals, site, source, data_hash, cache=cache, cache_parts=parts)
         with torch.no_grad():
             residuals = [model(b.tokens, stop_at_layer=site.start_at_layer) for b in batches]
         for i, residual in enumerate(residuals):
@@ -200,7 +199,7 @@ class CachedChatSet:
                 )
         if cache is not None:
             cache.put_tensors("residuals", parts, {f"batch_{i}": r for i, r in enumerate(residuals)})
-        return cls(batches, residuals, site, source, fingerprint(examples), cache=cache, cache_parts=parts)
+        return cls(batches, residuals, site, source, data_hash, cache=cache, cache_parts=parts)
 
     def logits(
         self, model: HookedTransformer, adapter: Adapter | None, i: int
@@ -509,23 +508,26 @@ def _step(
     norm_sq = adapter.update_norm_sq()
     if cfg.l2_weight:
         loss = loss + cfg.l2_weight * norm_sq
+    # Each term is read to the host once: for the check and for the step's record.
     terms = {"cross-entropy": ce, "KL": kl, "update norm": norm_sq}
-    for term, value in terms.items():
-        if value is not None and not math.isfinite(float(value.detach())):
+    values = {term: float(value.detach()) for term, value in terms.items() if value is not None}
+    for term, value in values.items():
+        if not math.isfinite(value):
             raise NonFiniteError(
-                f"step {step + 1}: the {term} term is {float(value.detach())}; training stopped before "
+                f"step {step + 1}: the {term} term is {value}; training stopped before "
                 "this step's update, nothing saved was overwritten"
             )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    for name, param in adapter.named_parameters():
-        if param.grad is not None and not torch.isfinite(param.grad).all():
-            raise NonFiniteError(
-                f"step {step + 1}: the gradient of adapter parameter {name!r} is not finite "
-                "(loss terms were finite); training stopped before this step's update"
-            )
+    grads = {name: p.grad for name, p in adapter.named_parameters() if p.grad is not None}
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
+        name = next(n for n, g in grads.items() if not torch.isfinite(g).all())
+        raise NonFiniteError(
+            f"step {step + 1}: the gradient of adapter parameter {name!r} is not finite "
+            "(loss terms were finite); training stopped before this step's update"
+        )
     optimizer.step()
     return StepRecord(
-        step=step + 1, loss=float(loss.detach()), ce=float(ce.detach()), kl=None if kl is None else float(kl.detach()),
+        step=step + 1, loss=float(loss.detach()), ce=values["cross-entropy"], kl=values.get("KL"),
         kl_weight=weight, norm=float(norm_sq.detach().sqrt()),
     )  # fmt: skip
