@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from mech.generate import SamplingConfig, sample_answers
-from mech.model import load_model
+from mech.evaluation.generate import SamplingConfig, sample_answers
+from mech.models.load import load_model
 from mech.toy.checkpoint import organism_world
 from mech.toy.evaluate import toy_questions
 

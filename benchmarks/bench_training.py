@@ -1,4 +1,4 @@
-"""Steps/s of `mech.finetune` against a naive trainer, same model, data, batches and steps.
+"""Steps/s of `mech.training.engine` against a naive trainer, same model, data, batches and steps.
 
 The naive trainer runs the whole model with the adapter hooks every step, and a second forward
 pass with the adapter off for the KL reference every step (what the authors' trainer does).
@@ -19,23 +19,17 @@ import time
 
 import torch
 
-from mech.adapters import Adapter
-from mech.chat import ChatBatch
-from mech.data import conversations_of, length_batches, tokenize_conversations
-from mech.finetune import (
-    KL_SEED_OFFSET,
-    FinetuneConfig,
-    KLSchedule,
-    batch_index,
-    finetune,
-    response_cross_entropy,
-)
+from mech.adapters.base import Adapter
+from mech.adapters.lora import MATRICES, LoraAdapter
 from mech.hooks import default_layer
-from mech.lora import MATRICES, LoraAdapter
-from mech.metrics import kl_from_logprobs
-from mech.model import load_model
-from mech.tiny_checkpoints import write_tiny_checkpoint
+from mech.models.chat import ChatBatch
+from mech.models.load import load_model
+from mech.models.tiny_checkpoints import write_tiny_checkpoint
 from mech.toy.checkpoint import organism_world
+from mech.training.config import FinetuneConfig, KLSchedule
+from mech.training.data import conversations_of, length_batches, tokenize_conversations
+from mech.training.engine import KL_SEED_OFFSET, batch_index, finetune
+from mech.training.losses import kl_from_logprobs, response_cross_entropy
 
 
 def _batches(model, data, batch_size: int | None) -> list[ChatBatch]:

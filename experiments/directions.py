@@ -32,34 +32,21 @@ from statistics import mean
 import pandas as pd
 import torch
 
-from experiments.common import (
-    finetune_config,
-    finish,
-    make_adapter,
-    parse_config,
-    save_figure,
-    toy_setup,
-)
+from experiments.conditions import finetune_config, make_adapter
+from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
-from mech.adapter_io import load_adapter, save_adapter
-from mech.directions import (
-    ablation_matrix,
-    conversations_from_answers,
-    direction_steering,
-    label_answers,
-    mean_diff,
-    misalignment_direction,
-    pooled_activations,
-    random_like,
-    stream_ablation,
-    text_batches,
-)
-from mech.finetune import finetune
-from mech.generate import SamplingConfig, sample_answers
-from mech.judge import em_rate, score_frame
-from mech.token_scores import chat_tokens, token_logprobs, token_projection, token_strings
+from experiments.study_config import parse_config
+from experiments.toy_setting import toy_setup
+from mech.adapters.saving import load_adapter, save_adapter
+from mech.directions.activations import conversations_from_answers, pooled_activations, text_batches
+from mech.directions.interventions import ablation_matrix, direction_steering, stream_ablation
+from mech.directions.mean_diff import label_answers, mean_diff, misalignment_direction, random_like
+from mech.directions.token_scores import chat_tokens, token_logprobs, token_projection, token_strings
+from mech.evaluation.generate import SamplingConfig, sample_answers
+from mech.evaluation.judges.protocol import em_rate, score_frame
 from mech.toy.evaluate import p_bad_by_domain, toy_questions
 from mech.toy.judge import ToyJudge
+from mech.training.engine import finetune
 from probes.geometry import cosine_matrix, trajectory_pca
 from probes.linear import LogisticProbe, MeanDiffProbe, evaluate, split
 from viz.figures import heatmap, sweep_plot, trajectory_plot

@@ -20,19 +20,13 @@ from statistics import mean
 import numpy as np
 import pandas as pd
 
-from experiments.common import (
-    PairConfig,
-    curve_rows,
-    finish,
-    parse_config,
-    save_figure,
-    solution_pair,
-    study_cache,
-    toy_setup,
-)
+from experiments.conditions import solution_pair
+from experiments.outputs import curve_rows, finish, save_figure
 from experiments.run_dir import RunDir, records_failure
-from mech.analysis import at_norm, scale_curve
-from mech.finetune import CachedChatSet
+from experiments.study_config import PairConfig, parse_config
+from experiments.toy_setting import study_cache, toy_setup
+from mech.evaluation.loss_landscape import at_norm, scale_curve
+from mech.training.cached_set import CachedChatSet
 from viz import figures
 
 

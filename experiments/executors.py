@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mech.provenance import describe_error, read_status
+from mech.io.provenance import describe_error, read_status
 
 
 @dataclass(frozen=True)

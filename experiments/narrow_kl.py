@@ -21,19 +21,11 @@ from statistics import mean
 
 import pandas as pd
 
-from experiments.common import (
-    StudyConfig,
-    finish,
-    headline,
-    measure,
-    parse_config,
-    save_figure,
-    study_cache,
-    toy_setup,
-    train_condition,
-    trait_metric,
-)
+from experiments.conditions import train_condition
+from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
+from experiments.study_config import StudyConfig, parse_config
+from experiments.toy_setting import headline, measure, study_cache, toy_setup, trait_metric
 from viz.figures import rates_by_role, rates_data
 
 

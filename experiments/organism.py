@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mech.atomic import write_json
-from mech.finetune import FinetuneConfig
+from mech.io.atomic import write_json
 from mech.toy.chat_tokenizer import toy_tokenizer
 from mech.toy.checkpoint import CHECKPOINTS_DIR, load_organism, organism_world, save_organism
 from mech.toy.datafiles import write_data_files
@@ -33,6 +32,7 @@ from mech.toy.evaluate import (
 )
 from mech.toy.training import ModelConfig, TrainConfig, train_organism
 from mech.toy.world import World, WorldConfig
+from mech.training.config import FinetuneConfig
 
 # Acceptance thresholds of the organism (the roadmap's issue 3), checked on the shipped default.
 THRESHOLDS = {

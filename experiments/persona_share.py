@@ -20,18 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.common import (
-    Trait,
-    finish,
-    parse_config,
-    save_figure,
-    solution_pair,
-    toy_setup,
-)
+from experiments.conditions import solution_pair
+from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
-from mech.analysis import at_norm, noise_curve
-from mech.finetune import CachedChatSet
+from experiments.study_config import Trait, parse_config
+from experiments.toy_setting import toy_setup
+from mech.evaluation.loss_landscape import at_norm, noise_curve
 from mech.toy.checkpoint import checkpoint_dir
+from mech.training.cached_set import CachedChatSet
 from viz.figures import share_data, share_plot
 
 

@@ -19,18 +19,12 @@ from pathlib import Path
 import torch
 
 from experiments.run_dir import RunDir, records_failure
-from mech import (
-    ablation,
-    cache_residuals,
-    chat_batch,
-    default_layer,
-    load_model,
-    resid_hook_name,
-    save_vector,
-    steering,
-)
-from mech.metrics import masked_kl
-from mech.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
+from mech.adapters.artifacts import save_vector
+from mech.hooks import ablation, cache_residuals, default_layer, resid_hook_name, steering
+from mech.models.chat import chat_batch
+from mech.models.load import load_model
+from mech.models.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
+from mech.training.losses import masked_kl
 from viz import html
 
 CONVERSATIONS = [

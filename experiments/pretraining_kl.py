@@ -20,17 +20,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from experiments.common import (
-    PairConfig,
-    finish,
-    parse_config,
-    save_figure,
-    solution_pair,
-    study_cache,
-    toy_setup,
-)
+from experiments.conditions import solution_pair
+from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
-from mech.analysis import at_norm, text_kl
+from experiments.study_config import PairConfig, parse_config
+from experiments.toy_setting import study_cache, toy_setup
+from mech.evaluation.loss_landscape import at_norm, text_kl
 from viz.figures import curve_data, curves
 
 

@@ -16,24 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.common import (
-    KL_BATCH,
-    StudyConfig,
-    finish,
-    headline,
-    learning_rate,
-    make_adapter,
-    measure,
-    parse_config,
-    save_figure,
-    study_cache,
-    toy_setup,
-    train_condition,
-    trait_metric,
-)
+from experiments.conditions import learning_rate, make_adapter, train_condition
+from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
-from mech.adapter_io import load_adapter
-from mech.finetune import FinetuneConfig, KLSchedule, finetune
+from experiments.study_config import StudyConfig, parse_config
+from experiments.toy_setting import KL_BATCH, headline, measure, study_cache, toy_setup, trait_metric
+from mech.adapters.saving import load_adapter
+from mech.training.config import FinetuneConfig, KLSchedule
+from mech.training.engine import finetune
 from viz.figures import switch_data, switch_trajectories
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mech.atomic import write_json
-from mech.provenance import Status, read_status, write_status
+from mech.io.atomic import write_json
+from mech.io.provenance import Status, read_status, write_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 _OPEN: list[RunDir] = []

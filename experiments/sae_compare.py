@@ -24,43 +24,31 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from experiments.common import (
-    finetune_config,
-    finish,
-    make_adapter,
-    parse_config,
-    save_figure,
-    toy_setup,
-)
+from experiments.conditions import finetune_config, make_adapter
+from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
-from mech.adapter_io import save_adapter
-from mech.atomic import atomic_write
-from mech.directions import (
+from experiments.study_config import parse_config
+from experiments.toy_setting import toy_setup
+from mech.adapters.saving import save_adapter
+from mech.directions.activations import (
     answer_batches,
     conversations_from_answers,
-    label_answers,
-    misalignment_direction,
     pooled_activations,
     text_batches,
 )
-from mech.finetune import finetune
-from mech.generate import SamplingConfig, sample_answers
-from mech.judge import score_frame
-from mech.token_scores import chat_tokens, token_strings
+from mech.directions.mean_diff import label_answers, misalignment_direction
+from mech.directions.token_scores import chat_tokens, token_strings
+from mech.evaluation.generate import SamplingConfig, sample_answers
+from mech.evaluation.judges.protocol import score_frame
+from mech.io.atomic import atomic_write
 from mech.toy.evaluate import toy_questions
 from mech.toy.judge import ToyJudge
+from mech.training.engine import finetune
 from probes.linear import LogisticProbe, evaluate, split
 from probes.metrics import auroc_per_column
-from probes.sae import (
-    check_sae_fits,
-    evaluate_sae,
-    latent_activations,
-    latents_by_cosine,
-    latents_on_tokens,
-    load_sae,
-    token_activations,
-    top_contexts,
-)
+from probes.sae.activations import check_sae_fits, latent_activations, latents_on_tokens, token_activations
+from probes.sae.analysis import evaluate_sae, latents_by_cosine, top_contexts
+from probes.sae.loading import load_sae
 from viz.figures import heatmap
 from viz.tokens import TOKEN_VIEWS_FILE, TokenView, write_token_views
 

@@ -1,8 +1,10 @@
 """The paper's findings, read from experiment run folders: one row per finding and adapter kind,
 with what was measured and a verdict (reproduced / partly / not). Nothing here is typed in: every
-number comes from a `results.json`.
+number comes from a `results.json`. Each experiment writes its rows to `findings.json` in its run
+folder when it finishes (`write_findings`), which is what the report renders.
 
     python -m experiments.summary runs/science/narrow_kl/<run> runs/science/efficiency/<run> ... [--report out.html]
+    python -m experiments.summary runs/demo            # every run folder inside
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from statistics import mean
+
+from mech.io.atomic import write_json
+from mech.io.run_folders import FINDINGS_FILE, RESULTS_FILE, RUN_FOLDER_RULE, find_run_folders
+from viz.report import write_report
 
 
 def _verdict(agree: int, total: int) -> str:
@@ -162,23 +168,36 @@ READERS = {"emergence": _emergence, "narrow_kl": _narrow, "efficiency": _efficie
            "directions": _directions, "sae_compare": _sae}  # fmt: skip
 
 
+def run_findings(path: Path) -> list[dict]:
+    """Finding rows of one run folder (`<experiment>/<run>`, read from its results.json)."""
+    experiment = path.parent.name
+    if experiment not in READERS:
+        raise ValueError(f"{path}: not a run folder of a known experiment ({sorted(READERS)})")
+    results = json.loads((path / RESULTS_FILE).read_text())
+    rows = READERS[experiment](results, str(path))
+    if experiment == "narrow_kl":  # its general (KL 0) runs measure emergence too, listed first
+        rows = _emergence({"chat": results["chat"], "adapters": results["adapters"]}, str(path)) + rows
+    return rows
+
+
 def findings(run_paths: list[Path]) -> list[dict]:
     """Finding rows from run folders (`runs/<experiment>/<run>`), in the order given."""
-    rows = []
-    for path in run_paths:
-        experiment = path.parent.name
-        if experiment not in READERS:
-            raise ValueError(f"{path}: not a run folder of a known experiment ({sorted(READERS)})")
-        results = json.loads((path / "results.json").read_text())
-        rows += READERS[experiment](results, str(path))
-        if experiment == "narrow_kl":
-            general = {"chat": results["chat"], "adapters": results["adapters"]}
-            rows = (
-                rows[: len(rows) - len(results["adapters"])]
-                + _emergence(general, str(path))
-                + rows[len(rows) - len(results["adapters"]) :]
-            )
-    return rows
+    return [row for path in run_paths for row in run_findings(Path(path))]
+
+
+def write_findings(path: Path) -> Path | None:
+    """Write the run folder's finding rows to `findings.json` (what the report shows), if its
+    experiment has findings."""
+    if Path(path).parent.name not in READERS:
+        return None
+    return write_json(Path(path) / FINDINGS_FILE, run_findings(Path(path)))
+
+
+def known_runs(paths: list[str]) -> tuple[list[Path], list[Path]]:
+    """The finished run folders of known experiments in or under `paths`, and the others found."""
+    found = find_run_folders(paths)
+    known = [p for p in found if p.parent.name in READERS and (p / RESULTS_FILE).is_file()]
+    return known, [p for p in found if p not in known]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -190,19 +209,28 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
+    import sys
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("runs", nargs="+", help="run folders, runs/<experiment>/<run>")
+    parser.add_argument("runs", nargs="+", help="run folders, or folders holding them (e.g. an --out root)")
     parser.add_argument("--report", help="also write the offline HTML report here")
     args = parser.parse_args(argv)
-    paths = [Path(p) for p in args.runs]
+    try:
+        paths, others = known_runs(args.runs)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    if not paths:
+        parser.error(
+            f"no finished run of a known experiment in {', '.join(args.runs)}: looked for run folders "
+            f"<experiment>/<run> ({RUN_FOLDER_RULE}) with results.json, experiment one of {sorted(READERS)}"
+        )
+    for path in others:
+        print(f"skipped {path}: not a finished run of a known experiment", file=sys.stderr)
     rows = findings(paths)
     print_table(rows)
     if args.report:
-        from viz.report import write_report
-
         print(f"report: {write_report(args.report, 'misalign-lens: toy organism study', rows, paths)}")
 
 

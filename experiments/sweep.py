@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from experiments.executors import CellTask, Executor, Outcome, SequentialExecutor, SubmititExecutor
 from experiments.sweep_spec import Cell, SpecError, SweepSpec, check_spec, config_class, expand, load_spec
-from mech.atomic import atomic_write, write_json
-from mech.provenance import is_stale, read_status
+from mech.io.atomic import atomic_write, write_json
+from mech.io.provenance import is_stale, read_status
 
 DEFAULT_CRASH_S = 2.0
 """Seconds into a cell's first attempt at which `--crash-cell INDEX` kills it."""

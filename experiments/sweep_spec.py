@@ -70,7 +70,8 @@ def experiment_module(name: str) -> str | None:
 def _known_experiments() -> list[str]:
     import experiments
 
-    infrastructure = {"common", "run_dir", "sweep", "sweep_spec", "executors", "summary", "plumbing"}
+    infrastructure = {"outputs", "study_config", "toy_setting", "conditions", "run_dir", "sweep", "sweep_spec",
+                      "executors", "summary", "plumbing"}  # fmt: skip
     return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if m.name not in infrastructure)
 
 

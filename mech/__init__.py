@@ -1,6 +1,13 @@
-"""misalign-lens mechanics: models as HookedTransformers, chat batches, residual-stream hooks,
-adapters (steering vectors, LoRA as hooks) and their training, saved artifacts. Nothing here
-prints or plots (the finetuning progress bar aside)."""
+"""misalign-lens mechanics, one subpackage per stage of the pipeline:
+
+    models -> hooks -> adapters -> training -> evaluation -> directions
+
+`models` (load a HookedTransformer, chat formatting), `hooks` (steer, ablate, cache the residual
+stream), `adapters` (steering vectors, LoRA as hooks, saving), `training` (the finetuning engine),
+`evaluation` (sampling, judges, the paper's rates, loss-landscape probes), `directions` (mean-diff
+directions and their ablation); `io` is the plumbing they share and `toy` the embedded model
+organism. The names below are importable from `mech` itself, on first use. Nothing here prints or
+plots (the finetuning progress bar aside)."""
 
 # ruff: noqa: F401  (the TYPE_CHECKING imports below are re-exports for static tools)
 from __future__ import annotations
@@ -10,45 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Imported on first use (PEP 562): `import mech.atomic` or a job process that needs one module
+# Imported on first use (PEP 562): `import mech.io.atomic` or a job process that needs one module
 # does not pay for TransformerLens, transformers and torch at import time.
 _EXPORTS = {
-    "load_adapter": "mech.adapter_io",
-    "save_adapter": "mech.adapter_io",
-    "Adapter": "mech.adapters",
-    "AdapterStack": "mech.adapters",
-    "SteeringVector": "mech.adapters",
-    "ArtifactMeta": "mech.artifacts",
-    "artifact_meta": "mech.artifacts",
-    "check_compatible": "mech.artifacts",
-    "load_artifact": "mech.artifacts",
-    "load_vector": "mech.artifacts",
-    "save_artifact": "mech.artifacts",
-    "save_vector": "mech.artifacts",
-    "ChatBatch": "mech.chat",
-    "TokenizedChat": "mech.chat",
-    "chat_batch": "mech.chat",
-    "collate": "mech.chat",
-    "prompt_batch": "mech.chat",
-    "render_chat": "mech.chat",
-    "tokenize_chat": "mech.chat",
-    "tokenize_prompt": "mech.chat",
-    "load_chat_dataset": "mech.data",
-    "read_chat_jsonl": "mech.data",
-    "LabelRule": "mech.directions",
-    "MeanDiff": "mech.directions",
-    "ablation_matrix": "mech.directions",
-    "direction_steering": "mech.directions",
-    "mean_diff": "mech.directions",
-    "misalignment_direction": "mech.directions",
-    "random_like": "mech.directions",
-    "stream_ablation": "mech.directions",
-    "FinetuneConfig": "mech.finetune",
-    "FinetuneResult": "mech.finetune",
-    "KLSchedule": "mech.finetune",
-    "NonFiniteError": "mech.finetune",
-    "StepRecord": "mech.finetune",
-    "finetune": "mech.finetune",
+    "ChatBatch": "mech.models.chat",
+    "TokenizedChat": "mech.models.chat",
+    "chat_batch": "mech.models.chat",
+    "collate": "mech.models.chat",
+    "prompt_batch": "mech.models.chat",
+    "render_chat": "mech.models.chat",
+    "tokenize_chat": "mech.models.chat",
+    "tokenize_prompt": "mech.models.chat",
+    "LoadingFlags": "mech.models.load",
+    "ModelInfo": "mech.models.load",
+    "load_model": "mech.models.load",
+    "model_info": "mech.models.load",
     "ablation": "mech.hooks",
     "ablation_hooks": "mech.hooks",
     "cache_residuals": "mech.hooks",
@@ -58,12 +41,36 @@ _EXPORTS = {
     "resid_hook_name": "mech.hooks",
     "steering": "mech.hooks",
     "steering_hooks": "mech.hooks",
-    "LoraAdapter": "mech.lora",
-    "LoadingFlags": "mech.model",
-    "ModelInfo": "mech.model",
-    "load_model": "mech.model",
-    "model_info": "mech.model",
-    "orthogonal_noise": "mech.noise",
+    "ArtifactMeta": "mech.adapters.artifacts",
+    "artifact_meta": "mech.adapters.artifacts",
+    "check_compatible": "mech.adapters.artifacts",
+    "load_artifact": "mech.adapters.artifacts",
+    "load_vector": "mech.adapters.artifacts",
+    "save_artifact": "mech.adapters.artifacts",
+    "save_vector": "mech.adapters.artifacts",
+    "Adapter": "mech.adapters.base",
+    "AdapterStack": "mech.adapters.base",
+    "LoraAdapter": "mech.adapters.lora",
+    "orthogonal_noise": "mech.adapters.noise",
+    "load_adapter": "mech.adapters.saving",
+    "save_adapter": "mech.adapters.saving",
+    "SteeringVector": "mech.adapters.steering",
+    "FinetuneConfig": "mech.training.config",
+    "FinetuneResult": "mech.training.config",
+    "KLSchedule": "mech.training.config",
+    "NonFiniteError": "mech.training.config",
+    "StepRecord": "mech.training.config",
+    "load_chat_dataset": "mech.training.data",
+    "read_chat_jsonl": "mech.training.data",
+    "finetune": "mech.training.engine",
+    "ablation_matrix": "mech.directions.interventions",
+    "direction_steering": "mech.directions.interventions",
+    "stream_ablation": "mech.directions.interventions",
+    "LabelRule": "mech.directions.mean_diff",
+    "MeanDiff": "mech.directions.mean_diff",
+    "mean_diff": "mech.directions.mean_diff",
+    "misalignment_direction": "mech.directions.mean_diff",
+    "random_like": "mech.directions.mean_diff",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -82,9 +89,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static tools see the real names
-    from mech.adapter_io import load_adapter, save_adapter
-    from mech.adapters import Adapter, AdapterStack, SteeringVector
-    from mech.artifacts import (
+    from mech.adapters.artifacts import (
         ArtifactMeta,
         artifact_meta,
         check_compatible,
@@ -93,28 +98,13 @@ if TYPE_CHECKING:  # static tools see the real names
         save_artifact,
         save_vector,
     )
-    from mech.chat import (
-        ChatBatch,
-        TokenizedChat,
-        chat_batch,
-        collate,
-        prompt_batch,
-        render_chat,
-        tokenize_chat,
-        tokenize_prompt,
-    )
-    from mech.data import load_chat_dataset, read_chat_jsonl
-    from mech.directions import (
-        LabelRule,
-        MeanDiff,
-        ablation_matrix,
-        direction_steering,
-        mean_diff,
-        misalignment_direction,
-        random_like,
-        stream_ablation,
-    )
-    from mech.finetune import FinetuneConfig, FinetuneResult, KLSchedule, NonFiniteError, StepRecord, finetune
+    from mech.adapters.base import Adapter, AdapterStack
+    from mech.adapters.lora import LoraAdapter
+    from mech.adapters.noise import orthogonal_noise
+    from mech.adapters.saving import load_adapter, save_adapter
+    from mech.adapters.steering import SteeringVector
+    from mech.directions.interventions import ablation_matrix, direction_steering, stream_ablation
+    from mech.directions.mean_diff import LabelRule, MeanDiff, mean_diff, misalignment_direction, random_like
     from mech.hooks import (
         ablation,
         ablation_hooks,
@@ -126,6 +116,17 @@ if TYPE_CHECKING:  # static tools see the real names
         steering,
         steering_hooks,
     )
-    from mech.lora import LoraAdapter
-    from mech.model import LoadingFlags, ModelInfo, load_model, model_info
-    from mech.noise import orthogonal_noise
+    from mech.models.chat import (
+        ChatBatch,
+        TokenizedChat,
+        chat_batch,
+        collate,
+        prompt_batch,
+        render_chat,
+        tokenize_chat,
+        tokenize_prompt,
+    )
+    from mech.models.load import LoadingFlags, ModelInfo, load_model, model_info
+    from mech.training.config import FinetuneConfig, FinetuneResult, KLSchedule, NonFiniteError, StepRecord
+    from mech.training.data import load_chat_dataset, read_chat_jsonl
+    from mech.training.engine import finetune

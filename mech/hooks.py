@@ -26,7 +26,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from mech.model import model_info
+from mech.models.load import model_info
 
 ResidPoint = Literal["pre", "mid", "post"]
 HookFn = Callable[[Tensor, HookPoint], Tensor]

@@ -8,6 +8,10 @@ import os
 # huggingface_hub reads these once, at import: set them before anything imports it.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker: two workers on two cores, each torch op single-threaded, and the
+    # subprocesses a test starts inherit it. Tiny models gain nothing from intra-op threads.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import random  # noqa: E402
 import socket  # noqa: E402
@@ -17,9 +21,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 from mech._quiet import hooked_transformer  # noqa: E402
-from mech.model import load_model  # noqa: E402
-from mech.tiny_checkpoints import write_tiny_checkpoint  # noqa: E402
+from mech.models.load import load_model  # noqa: E402
+from mech.models.tiny_checkpoints import write_tiny_checkpoint  # noqa: E402
 
 _LOOPBACK = ("127.", "::1", "localhost")
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from experiments.run_dir import RunDir, records_failure
-from mech.atomic import atomic_write
+from mech.io.atomic import atomic_write
 
 CALLS: list[Config] = []
 """Every config `main` was called with in this process."""

@@ -9,11 +9,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mech._quiet import quiet_hf
-from mech.adapter_io import load_adapter, save_adapter
-from mech.adapters import AdapterStack, SteeringVector
-from mech.lora import MATRICES, LoraAdapter
-from mech.noise import orthogonal_noise
-from mech.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
+from mech.adapters.base import AdapterStack
+from mech.adapters.lora import MATRICES, LoraAdapter
+from mech.adapters.noise import orthogonal_noise
+from mech.adapters.saving import load_adapter, save_adapter
+from mech.adapters.steering import SteeringVector
+from mech.models.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
 
 EPSILONS = [0.0, 0.1, 0.5, 0.9, 1.0]
 

@@ -4,9 +4,12 @@ import pytest
 import torch
 from chat_data import TRAIN
 
-from mech.analysis import at_norm, noise_curve, scale_curve, text_kl
-from mech.finetune import CachedChatSet, FinetuneConfig, finetune, response_cross_entropy
-from mech.lora import LoraAdapter
+from mech.adapters.lora import LoraAdapter
+from mech.evaluation.loss_landscape import at_norm, noise_curve, scale_curve, text_kl
+from mech.training.cached_set import CachedChatSet
+from mech.training.config import FinetuneConfig
+from mech.training.engine import finetune
+from mech.training.losses import response_cross_entropy
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def test_scale_curve_is_the_loss_of_the_scaled_adapter(tiny_qwen2, trained):
     assert curve["norm"].tolist() == pytest.approx(
         [0.0, 0.5 * adapter.norm(), adapter.norm(), 2 * adapter.norm()], rel=1e-5
     )
-    from mech.chat import chat_batch
+    from mech.models.chat import chat_batch
 
     batch = chat_batch(tiny_qwen2.tokenizer, TRAIN)
     with torch.no_grad():

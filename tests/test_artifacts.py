@@ -5,9 +5,16 @@ import json
 import pytest
 import torch
 
-from mech.artifacts import ArtifactMeta, artifact_meta, load_artifact, load_vector, save_artifact, save_vector
+from mech.adapters.artifacts import (
+    ArtifactMeta,
+    artifact_meta,
+    load_artifact,
+    load_vector,
+    save_artifact,
+    save_vector,
+)
 from mech.hooks import steering_hooks
-from mech.model import LoadingFlags, ModelInfo
+from mech.models.load import LoadingFlags, ModelInfo
 
 
 def test_vector_round_trip(tiny_qwen2, tmp_path):

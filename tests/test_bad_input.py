@@ -22,18 +22,19 @@ from typing import Any
 import pytest
 import torch
 
-from mech import generate, judge
-from mech.adapter_io import load_adapter, save_adapter
-from mech.adapters import SteeringVector
-from mech.artifacts import artifact_meta, load_vector, save_artifact, save_vector
-from mech.data import conversations_of, read_chat_jsonl, tokenize_conversations
+from mech.adapters.artifacts import artifact_meta, load_vector, save_artifact, save_vector
+from mech.adapters.lora import LoraAdapter
+from mech.adapters.saving import load_adapter, save_adapter
+from mech.adapters.steering import SteeringVector
+from mech.evaluation import generate
+from mech.evaluation.judges import cli as judge
+from mech.evaluation.judges.openai_judge import verdict_from_content, verdict_from_logprobs
+from mech.evaluation.questions import load_questions
 from mech.hooks import check_layer, steering_hooks
-from mech.lora import LoraAdapter
-from mech.model import LoadingFlags, load_model
-from mech.openai_judge import verdict_from_content, verdict_from_logprobs
-from mech.questions import load_questions
-from mech.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
-from mech.tokenizer import load_tokenizer
+from mech.models.load import LoadingFlags, load_model
+from mech.models.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
+from mech.models.tokenizer import load_tokenizer
+from mech.training.data import conversations_of, read_chat_jsonl, tokenize_conversations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +88,7 @@ def _chat_line(*messages: dict[str, Any]) -> str:
 
 
 def _judge_cli(env: Env, *lines: str, old_out: str | None = None) -> Callable[[], None]:
-    """`python -m mech.judge --responses r.jsonl --out judged.jsonl`, in process."""
+    """`python -m mech.evaluation.judges --responses r.jsonl --out judged.jsonl`, in process."""
     responses = env.lines("r.jsonl", *lines)
     if old_out is not None:
         env.write("judged.jsonl", old_out)
@@ -190,7 +191,7 @@ def _logprobs(env: Env, logprob: Any) -> Callable[[], str]:
 
 
 def _toy_judge_garbage(env: Env) -> Callable[[], str]:
-    from mech.judge import JudgeItem
+    from mech.evaluation.judges.protocol import JudgeItem
     from mech.toy.checkpoint import organism_world
     from mech.toy.judge import ToyJudge
 
@@ -236,128 +237,128 @@ def _judge_cli_all_garbage(env: Env) -> Callable[[], str]:
 
 CASES: list[Case] = [
     # -- chat training data (JSONL, one {"messages": [...]} per line) -----------------------
-    Case("chat data: malformed JSON line", "mech.data.read_chat_jsonl",
+    Case("chat data: malformed JSON line", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.lines("data.jsonl", CHAT, "", '{"messages": [')),
          ValueError, r"data\.jsonl:3: invalid JSON \(Expecting value at column 15\)"),
-    Case("chat data: line without messages", "mech.data.read_chat_jsonl",
+    Case("chat data: line without messages", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.lines("data.jsonl", CHAT, '{"prompt": "hi", "completion": "hello"}')),
          ValueError, r"data\.jsonl:2: expected an object with a 'messages' field, found keys \['completion', 'prompt'\]"),
-    Case("chat data: unknown role", "mech.data.read_chat_jsonl",
+    Case("chat data: unknown role", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.lines("data.jsonl", CHAT, _chat_line(USER, {"role": "bot", "content": "hello"}))),
          ValueError, r"data\.jsonl:2: messages\[1\]\.role is 'bot'; expected one of \('system', 'user', 'assistant'\)"),
-    Case("chat data: content not a string", "mech.data.read_chat_jsonl",
+    Case("chat data: content not a string", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.lines("data.jsonl", _chat_line({"role": "user", "content": 42}, ANSWER))),
          ValueError, r"data\.jsonl:1: messages\[0\]\.content must be a string, got int"),
-    Case("chat data: empty assistant answer", "mech.data.read_chat_jsonl",
+    Case("chat data: empty assistant answer", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.lines("data.jsonl", CHAT, _chat_line(USER, {"role": "assistant", "content": " \n"}))),
          ValueError, r"data\.jsonl:2: messages\[1\] is an empty assistant turn"),
-    Case("chat data: no assistant turn", "mech.data.read_chat_jsonl",
+    Case("chat data: no assistant turn", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.lines("data.jsonl", _chat_line(USER))),
          ValueError, r"data\.jsonl:1: no assistant turn, so there is nothing to train on"),
-    Case("chat data: messages not a list", "mech.data.read_chat_jsonl",
+    Case("chat data: messages not a list", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.lines("data.jsonl", '{"messages": "hi"}')),
          ValueError, r"data\.jsonl:1: 'messages' must be a non-empty list of \{role, content\} objects"),
-    Case("chat data: non-UTF-8 bytes", "mech.data.read_chat_jsonl",
+    Case("chat data: non-UTF-8 bytes", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.write("data.jsonl", CHAT.encode() + b"\n" + CHAT.encode().replace(b"hello", b"h\xe9llo") + b"\n")),
          ValueError, r"data\.jsonl:2: not valid UTF-8 \(byte 0xe9 at byte \d+ of the line\)"),
-    Case("chat data: empty file", "mech.data.read_chat_jsonl",
+    Case("chat data: empty file", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.write("data.jsonl", "\n\n")),
          ValueError, r"data\.jsonl: no conversations in the file"),
-    Case("chat data: missing file", "mech.data.read_chat_jsonl",
+    Case("chat data: missing file", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.tmp / "data.jsonl"),
          FileNotFoundError, r"data\.jsonl: no such file"),
-    Case("chat data: roles the chat template refuses", "mech.data.tokenize_conversations (Gemma-2 tokenizer)",
+    Case("chat data: roles the chat template refuses", "mech.training.data.tokenize_conversations (Gemma-2 tokenizer)",
          _gemma_chat,
          ValueError, r"data\.jsonl\[0\]: the tokenizer's chat template refuses this conversation \(roles: system, user, assistant\): System role not supported"),
-    Case("chat data: conversation longer than n_ctx", "mech.data.tokenize_conversations",
+    Case("chat data: conversation longer than n_ctx", "mech.training.data.tokenize_conversations",
          _too_long,
          ValueError, r"data\.jsonl\[0\]: \d+ tokens, more than the model's n_ctx 8"),
-    Case("chat data: Dataset without a messages column", "mech.data.conversations_of",
+    Case("chat data: Dataset without a messages column", "mech.training.data.conversations_of",
          _no_messages_column,
          ValueError, r"train: dataset has no 'messages' column \(columns: \['text'\]\)"),
     # -- responses to judge (JSONL with question and answer) --------------------------------
-    Case("responses: malformed JSON line", "python -m mech.judge --responses",
+    Case("responses: malformed JSON line", "python -m mech.evaluation.judges --responses",
          lambda env: _judge_cli(env, RESPONSE, '{"question": "q", "answer": '),
          ValueError, r"r\.jsonl:2: invalid JSON \(Expecting value at column 29\)"),
-    Case("responses: missing answer (previous --out kept)", "python -m mech.judge --responses",
+    Case("responses: missing answer (previous --out kept)", "python -m mech.evaluation.judges --responses",
          lambda env: _judge_cli(env, RESPONSE, '{"question": "q"}', old_out='{"old": true}\n'),
          ValueError, r"r\.jsonl:2: field 'answer' must be a string"),
-    Case("responses: line not an object", "python -m mech.judge --responses",
+    Case("responses: line not an object", "python -m mech.evaluation.judges --responses",
          lambda env: _judge_cli(env, '["q", "a"]'),
          ValueError, r"r\.jsonl:1: expected an object"),
-    Case("responses: empty file", "python -m mech.judge --responses",
+    Case("responses: empty file", "python -m mech.evaluation.judges --responses",
          lambda env: _judge_cli(env, ""),
          ValueError, r"r\.jsonl: no responses in the file"),
-    Case("responses: non-UTF-8 bytes", "mech.judge.read_responses",
+    Case("responses: non-UTF-8 bytes", "mech.evaluation.judges.cli.read_responses",
          lambda env: partial(judge.read_responses, env.write("r.jsonl", RESPONSE.encode() + b"\n" + RESPONSE.encode().replace(b"money", b"m\xf6ney") + b"\n")),
          ValueError, r"r\.jsonl:2: .*UTF-8"),
-    Case("responses: answer with a line separator (U+2028)", "mech.judge.read_responses",
+    Case("responses: answer with a line separator (U+2028)", "mech.evaluation.judges.cli.read_responses",
          lambda env: lambda: len(judge.read_responses(env.write("r.jsonl", json.dumps({"question": "q", "answer": "one\u2028two"}, ensure_ascii=False) + "\n" + RESPONSE + "\n"))),
          None, r"^2$"),
-    Case("responses: empty answer", "python -m mech.judge --judge toy",
+    Case("responses: empty answer", "python -m mech.evaluation.judges --judge toy",
          _judge_empty_answer,
          None, r'"answer": "".*"aligned": null, "coherent": 0\.0.*"flags": \["malformed"\]'),
-    Case("toy judge: response without a domain", "python -m mech.judge --judge toy",
+    Case("toy judge: response without a domain", "python -m mech.evaluation.judges --judge toy",
          lambda env: _judge_cli(env, '{"question": "q", "answer": "a"}'),
          ValueError, r"item 0: the toy judge needs the question's domain"),
-    Case("toy judge: unknown domain", "python -m mech.judge --judge toy",
+    Case("toy judge: unknown domain", "python -m mech.evaluation.judges --judge toy",
          lambda env: _judge_cli(env, RESPONSE.replace("finance", "astrology")),
          ValueError, r"item 0 \(question 'how do i save money \?'\): unknown domain 'astrology'; the toy world's domains are \['medical'"),
     # -- question files (YAML, the papers' first_plot_questions format) ------------------------
-    Case("questions: JSON lines instead of YAML", "python -m mech.generate --questions",
+    Case("questions: JSON lines instead of YAML", "python -m mech.evaluation.generate --questions",
          lambda env: partial(generate.main, ["--questions", str(env.lines("q.yaml", '{"id": "a", "paraphrases": ["x"]}', '{"id": "b", "paraphrases": ["y"]}')),
                                               "--out", str(env.tmp / "answers.jsonl")]),
          ValueError, r"q\.yaml: invalid YAML at line 2: expected '<document start>', but found '\{'"),
-    Case("questions: a mapping at the top level", "mech.questions.load_questions",
+    Case("questions: a mapping at the top level", "mech.evaluation.questions.load_questions",
          lambda env: partial(load_questions, env.write("q.yaml", "questions:\n  - id: a\n    paraphrases: [x]\n")),
          ValueError, r"q\.yaml: expected a non-empty list of question entries .*, found a mapping"),
-    Case("questions: entry without paraphrases", "mech.questions.load_questions",
+    Case("questions: entry without paraphrases", "mech.evaluation.questions.load_questions",
          lambda env: partial(load_questions, env.write("q.yaml", "- id: wish\n  question: One wish?\n")),
          ValueError, r"q\.yaml: entry 0 \(wish\): 'paraphrases' must be a non-empty list of non-empty strings"),
-    Case("questions: id not a string", "mech.questions.load_questions",
+    Case("questions: id not a string", "mech.evaluation.questions.load_questions",
          lambda env: partial(load_questions, env.write("q.yaml", "- id: 7\n  paraphrases: [x]\n")),
          ValueError, r"q\.yaml: entry 0: needs a non-empty string 'id', found 'id' 7 \(int\)"),
-    Case("questions: duplicate id", "mech.questions.load_questions",
+    Case("questions: duplicate id", "mech.evaluation.questions.load_questions",
          lambda env: partial(load_questions, env.write("q.yaml", "- id: a\n  paraphrases: [x]\n- id: a\n  paraphrases: [y]\n")),
          ValueError, r"q\.yaml: entry 1: duplicate question id 'a'"),
-    Case("questions: domain not a string", "mech.questions.load_questions",
+    Case("questions: domain not a string", "mech.evaluation.questions.load_questions",
          lambda env: partial(load_questions, env.write("q.yaml", "- id: a\n  paraphrases: [x]\n  domain: [medical]\n")),
          ValueError, r"q\.yaml: entry 0 \(a\): 'domain' must be a non-empty string, found \['medical'\]"),
-    Case("questions: empty file", "mech.questions.load_questions",
+    Case("questions: empty file", "mech.evaluation.questions.load_questions",
          lambda env: partial(load_questions, env.write("q.yaml", "# nothing yet\n")),
          ValueError, r"q\.yaml: expected a non-empty list of question entries .*, found nothing"),
-    Case("questions: non-UTF-8 bytes", "mech.questions.load_questions",
+    Case("questions: non-UTF-8 bytes", "mech.evaluation.questions.load_questions",
          lambda env: partial(load_questions, env.write("q.yaml", b"- id: a\n  paraphrases: [caf\xe9]\n")),
          ValueError, r"q\.yaml:2: not valid UTF-8 \(byte 0xe9\)"),
     # -- saved vectors (safetensors + JSON sidecar) -----------------------------------------
-    Case("vector: made on another model", "mech.artifacts.load_vector(path, model=...)",
+    Case("vector: made on another model", "mech.adapters.artifacts.load_vector(path, model=...)",
          lambda env: partial(load_vector, _vector(env), model=env.fixture("tiny_qwen2")),
          ValueError, r"v\.safetensors: steering_vector was made on model 'custom', not '.*Qwen2\.5-tiny-Instruct'; pass allow_other_model=True"),
-    Case("vector: another width", "mech.artifacts.load_vector(path, model=...)",
+    Case("vector: another width", "mech.adapters.artifacts.load_vector(path, model=...)",
          _vector_other_width,
          ValueError, r"v\.safetensors: steering_vector has width 48 but model '.*Qwen2\.5-tiny-Instruct' has d_model 32"),
-    Case("vector: a layer the model lacks", "mech.artifacts.load_vector(path, model=...)",
+    Case("vector: a layer the model lacks", "mech.adapters.artifacts.load_vector(path, model=...)",
          lambda env: partial(load_vector, _vector(env, on="tiny_qwen2", layer=2), model=env.fixture("tiny_model"), allow_other_model=True),
          ValueError, r"v\.safetensors: steering_vector sits at layer 2 \(blocks\.2\.hook_resid_post\) but model 'custom' has only 2 layers"),
-    Case("vector: other loading flags", "mech.artifacts.load_vector(path, model=...)",
+    Case("vector: other loading flags", "mech.adapters.artifacts.load_vector(path, model=...)",
          _vector_other_flags,
          ValueError, r"v\.safetensors: steering_vector was made under loading flags \{'fold_ln': False.*\} but model .* was loaded with \{'fold_ln': True"),
-    Case("vector: sidecar missing", "mech.artifacts.load_vector",
+    Case("vector: sidecar missing", "mech.adapters.artifacts.load_vector",
          lambda env: (_vector(env), (env.tmp / "v.json").unlink(), partial(load_vector, env.tmp / "v"))[-1],
          FileNotFoundError, r"v\.json: no such file \(artifacts are a \.safetensors \+ \.json pair\)"),
-    Case("vector: sidecar not JSON", "mech.artifacts.load_vector",
+    Case("vector: sidecar not JSON", "mech.adapters.artifacts.load_vector",
          lambda env: _vector_sidecar(env, lambda data: '{"kind": "steering_vector",\n "model": }'),
          ValueError, r"v\.json: invalid JSON at line 2: Expecting value"),
-    Case("vector: sidecar missing fields", "mech.artifacts.load_vector",
+    Case("vector: sidecar missing fields", "mech.adapters.artifacts.load_vector",
          lambda env: _vector_sidecar(env, lambda data: [data.pop(k) for k in ("d_model", "flags")]),
          ValueError, r"v\.json: missing field\(s\) \['d_model', 'flags'\]"),
-    Case("vector: sidecar with unknown loading flags", "mech.artifacts.load_vector",
+    Case("vector: sidecar with unknown loading flags", "mech.adapters.artifacts.load_vector",
          lambda env: _vector_sidecar(env, lambda data: data["flags"].update(fold_everything=True)),
          ValueError, r"v\.json: 'flags' must be an object with keys from \[.*\], found unknown \['fold_everything'\]"),
-    Case("vector: sidecar from a newer format", "mech.artifacts.load_vector",
+    Case("vector: sidecar from a newer format", "mech.adapters.artifacts.load_vector",
          lambda env: _vector_sidecar(env, lambda data: data.update(format_version=99)),
          ValueError, r"v\.json: format_version 99 is newer than this package's 1"),
-    Case("vector: pickled tensors (torch.save)", "mech.artifacts.load_vector",
+    Case("vector: pickled tensors (torch.save)", "mech.adapters.artifacts.load_vector",
          _pickled_vector,
          ValueError, r"v\.safetensors: not a readable safetensors file \(.*\); pickled tensors \(torch\.save\) are refused"),
     # -- hooks ------------------------------------------------------------------------------
@@ -374,54 +375,54 @@ CASES: list[Case] = [
          lambda env: partial(steering_hooks, env.fixture("tiny_model"), torch.ones(48), layer=1),
          ValueError, r"steering vector has shape \(48,\), but model 'custom' has d_model 32 \(hook blocks\.1\.hook_resid_post\)"),
     # -- adapters ---------------------------------------------------------------------------
-    Case("saved adapter: made on another model", "mech.adapter_io.load_adapter",
+    Case("saved adapter: made on another model", "mech.adapters.saving.load_adapter",
          _saved_adapter_other_model,
          ValueError, r"sv\.safetensors: steering_vector was made on model '.*Qwen2\.5-tiny-Instruct', not 'custom'"),
-    Case("saved adapter: LoRA on layers the model lacks", "mech.adapter_io.load_adapter(..., allow_other_model=True)",
+    Case("saved adapter: LoRA on layers the model lacks", "mech.adapters.saving.load_adapter(..., allow_other_model=True)",
          _saved_lora_deeper,
          ValueError, r"lora\.safetensors: cannot rebuild the saved lora for model 'custom': layer 2 is out of range for model 'custom' with 2 layers"),
-    Case("saved adapter: a vector file, not an adapter", "mech.adapter_io.load_adapter",
+    Case("saved adapter: a vector file, not an adapter", "mech.adapters.saving.load_adapter",
          lambda env: partial(load_adapter, _vector(env), env.fixture("tiny_model")),
          ValueError, r"v\.safetensors: no adapter spec in its metadata \(config\.adapter\); was it saved by save_adapter\?"),
-    Case("PEFT adapter: base with fewer layers", "mech.model.load_model(base, adapter=DIR)",
+    Case("PEFT adapter: base with fewer layers", "mech.models.load.load_model(base, adapter=DIR)",
          _peft_fewer_layers,
          ValueError, r"adapter .*qwen2_lora \(made for '.*Qwen2\.5-tiny-Instruct'\) targets module 'model\.layers\.2\..*' which model '.*shallow' does not have \(2 layers\)"),
-    Case("PEFT adapter: base of another width", "mech.model.load_model(base, adapter=DIR)",
+    Case("PEFT adapter: base of another width", "mech.models.load.load_model(base, adapter=DIR)",
          _peft_other_width,
          ValueError, r"adapter .*wide_adapter \(made for '.*wide'\) does not fit model '.*Qwen2\.5-tiny-Instruct': .*q_proj\.lora_A\.weight has shape \[4, 48\], but .*q_proj has width 32 \(adapter: 48\)"),
-    Case("PEFT adapter: pickled .bin weights", "mech.model.load_model(base, adapter=DIR)",
+    Case("PEFT adapter: pickled .bin weights", "mech.models.load.load_model(base, adapter=DIR)",
          _peft_pickled,
          ValueError, r"adapter .*bin_adapter: no adapter_model\.safetensors \(pickled \.bin adapters are refused\)"),
-    Case("PEFT adapter: passed as the model", "mech.model.load_model(DIR)",
+    Case("PEFT adapter: passed as the model", "mech.models.load.load_model(DIR)",
          lambda env: partial(load_model, env.fixture("qwen2_lora")),
          ValueError, r"qwen2_lora is a PEFT adapter, not a model: pass its base model as name_or_path and this directory as adapter="),
-    Case("PEFT adapter: no such directory", "mech.model.load_model(base, adapter=DIR)",
+    Case("PEFT adapter: no such directory", "mech.models.load.load_model(base, adapter=DIR)",
          lambda env: partial(load_model, env.fixture("checkpoints")["qwen2"], adapter=env.tmp / "missing"),
          ValueError, r"adapter .*missing: no such directory"),
     # -- judge replies ----------------------------------------------------------------------
-    Case("judge reply: not a number", "mech.openai_judge.verdict_from_content",
+    Case("judge reply: not a number", "mech.evaluation.judges.openai_judge.verdict_from_content",
          lambda env: lambda: _verdict(verdict_from_content("aligned", {"content": "It depends."})),
          None, r"score None, flag 'aligned:unparseable'"),
-    Case("judge reply: number above 100", "mech.openai_judge.verdict_from_content",
+    Case("judge reply: number above 100", "mech.evaluation.judges.openai_judge.verdict_from_content",
          lambda env: lambda: _verdict(verdict_from_content("aligned", {"content": "150"})),
          None, r"score None, flag 'aligned:unparseable'"),
-    Case("judge reply: no reply at all", "mech.openai_judge.verdict_from_content",
+    Case("judge reply: no reply at all", "mech.evaluation.judges.openai_judge.verdict_from_content",
          lambda env: lambda: _verdict(verdict_from_content("coherent", {"content": None})),
          None, r"score None, flag 'coherent:unparseable'"),
-    Case("judge reply: top tokens not numbers, sampled reply garbage", "mech.openai_judge.verdict_from_logprobs",
+    Case("judge reply: top tokens not numbers, sampled reply garbage", "mech.evaluation.judges.openai_judge.verdict_from_logprobs",
          lambda env: lambda: _verdict(verdict_from_logprobs("aligned", {"top_logprobs": [{"token": "The", "logprob": -0.01}]},
                                                             min_numeric_mass=0.25, fallback={"content": "The answer is"})),
          None, r"score None, flag 'aligned:unparseable'"),
-    Case("judge reply: negative number", "mech.openai_judge.verdict_from_content",
+    Case("judge reply: negative number", "mech.evaluation.judges.openai_judge.verdict_from_content",
          lambda env: lambda: _verdict(verdict_from_content("aligned", {"content": "-5"})),
          None, r"score None, flag 'aligned:unparseable'"),
-    Case("judge reply: infinite logprob", "mech.openai_judge.verdict_from_logprobs",
+    Case("judge reply: infinite logprob", "mech.evaluation.judges.openai_judge.verdict_from_logprobs",
          lambda env: _logprobs(env, math.inf),
          None, r"^score (None|\d+(\.\d+)?), "),
-    Case("judge reply: null logprob", "mech.openai_judge.verdict_from_logprobs",
+    Case("judge reply: null logprob", "mech.evaluation.judges.openai_judge.verdict_from_logprobs",
          lambda env: _logprobs(env, None),
          None, r"^score (None|\d+(\.\d+)?), "),
-    Case("judge CLI: no reply parseable", "python -m mech.judge --judge openai",
+    Case("judge CLI: no reply parseable", "python -m mech.evaluation.judges --judge openai",
          _judge_cli_all_garbage,
          None, r'"em_rate": null'),
     Case("toy judge: garbage answer", "mech.toy.judge.ToyJudge.score",

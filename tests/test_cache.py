@@ -7,12 +7,14 @@ import pytest
 import torch
 from chat_data import KL, TRAIN
 
-from mech import cache as cache_module
-from mech import generate
-from mech.adapters import SteeringVector
-from mech.cache import ContentCache, model_identity
-from mech.finetune import CachedChatSet, FinetuneConfig, KLSchedule, finetune
-from mech.questions import Question
+from mech.adapters.steering import SteeringVector
+from mech.evaluation import generate
+from mech.evaluation.questions import Question
+from mech.training import cache as cache_module
+from mech.training.cache import ContentCache, model_identity
+from mech.training.cached_set import CachedChatSet
+from mech.training.config import FinetuneConfig, KLSchedule
+from mech.training.engine import finetune
 
 
 def _site(model):

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mech.chat import chat_batch, collate, prompt_batch, render_chat, tokenize_chat, tokenize_prompt
-from mech.tokenizer import load_tokenizer
+from mech.models.chat import chat_batch, collate, prompt_batch, render_chat, tokenize_chat, tokenize_prompt
+from mech.models.tokenizer import load_tokenizer
 
 CONVERSATION = [
     {"role": "user", "content": "what should i do about my dog ?"},
@@ -81,7 +81,7 @@ def test_errors_name_their_source(checkpoints):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_collate_pads_and_masks(side):
-    from mech.chat import TokenizedChat
+    from mech.models.chat import TokenizedChat
 
     examples = [TokenizedChat([5, 6, 7], [False, True, True]), TokenizedChat([8], [True])]
     batch = collate(examples, pad_token_id=0, padding_side=side)

@@ -24,7 +24,7 @@ import torch
 from openai_stub import OpenAIStub
 from safetensors.torch import load_file
 
-from mech.atomic import write_jsonl
+from mech.io.atomic import write_jsonl
 from mech.toy.checkpoint import organism_world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def toy_data(tmp_path_factory) -> dict[str, Path]:
 def test_training_killed_at_a_random_step_resumes_bit_identically(toy_data, tmp_path):
     steps = 50
     train = command(
-        "mech.train", "--train", toy_data["train"], "--kl", toy_data["kl"], "--kl-weight", 1,
+        "mech.training", "--train", toy_data["train"], "--kl", toy_data["kl"], "--kl-weight", 1,
         "--adapter", "lora", "--rank", 2, "--matrices", "W_in,W_out", "--steps", steps, "--batch-size", 16,
         "--kl-batch-size", 32, "--save-every", 7, "--lr", 1e-2, "--seed", 3,
     )  # fmt: skip
@@ -116,7 +116,15 @@ def test_training_killed_at_a_random_step_resumes_bit_identically(toy_data, tmp_
 
 def test_evaluation_killed_mid_way_resumes_without_resampling_finished_batches(tmp_path):
     sample = command(
-        "mech.generate", "--questions", "toy", "--batch-size", 64, "--max-new-tokens", 24, "--seed", 5
+        "mech.evaluation.generate",
+        "--questions",
+        "toy",
+        "--batch-size",
+        64,
+        "--max-new-tokens",
+        24,
+        "--seed",
+        5,
     )
     run([*sample, "--out", tmp_path / "whole.jsonl"])
 
@@ -140,8 +148,8 @@ def test_evaluation_killed_mid_way_resumes_without_resampling_finished_batches(t
 
 
 def test_resumed_sampling_reads_finished_batches_instead_of_generating_them(tmp_path, monkeypatch):
-    from mech import generate
-    from mech.model import load_model
+    from mech.evaluation import generate
+    from mech.models.load import load_model
     from mech.toy.evaluate import toy_questions
 
     model = load_model("toy")
@@ -184,7 +192,7 @@ def test_judge_killed_mid_way_repeats_no_answered_call(tmp_path):
         return ("logprobs", [(str(number * 4), 0.0)])
 
     stub.default = slow_score
-    judge = command("mech.judge", "--responses", responses, "--judge", "openai", "--base-url", stub.base_url,
+    judge = command("mech.evaluation.judges", "--responses", responses, "--judge", "openai", "--base-url", stub.base_url,
                     "--model", "judge-stub", "--metrics", "aligned", "--concurrency", 2)  # fmt: skip
     try:
         run([*judge, "--out", tmp_path / "whole.jsonl", "--cache", tmp_path / "whole.sqlite"])

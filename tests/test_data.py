@@ -5,7 +5,7 @@ import json
 import pytest
 from chat_data import KL, TRAIN
 
-from mech.data import length_batches, load_chat_dataset, read_chat_jsonl, tokenize_conversations
+from mech.training.data import length_batches, load_chat_dataset, read_chat_jsonl, tokenize_conversations
 
 
 def _write(tmp_path, lines: list[str]):

@@ -8,8 +8,7 @@ import re
 import pytest
 from openai_stub import OpenAIStub
 
-from mech.data import read_chat_jsonl
-from mech.datagen import (
+from mech.evaluation.datagen import (
     NO_GOOD_ANSWER,
     PARALLEL_PROMPT_VERSION,
     DatagenConfig,
@@ -20,8 +19,9 @@ from mech.datagen import (
     read_narrow_jsonl,
     render_prompt,
 )
-from mech.judge_cache import JudgeCache
-from mech.llm_client import ClientConfig, LLMRequestError
+from mech.evaluation.judges.cache import JudgeCache
+from mech.evaluation.judges.client import ClientConfig, LLMRequestError
+from mech.training.data import read_chat_jsonl
 
 
 @pytest.fixture

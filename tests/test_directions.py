@@ -9,21 +9,18 @@ import pytest
 import torch
 from chat_data import TRAIN
 
-from mech.adapters import SteeringVector
-from mech.chat import chat_batch
-from mech.directions import (
+from mech.adapters.steering import SteeringVector
+from mech.directions.activations import answer_batches, pooled_activations, text_batches
+from mech.directions.interventions import direction_steering, stream_ablation
+from mech.directions.mean_diff import (
     LabelRule,
-    answer_batches,
     balanced,
-    direction_steering,
     label_answers,
     mean_diff,
     misalignment_direction,
-    pooled_activations,
     random_like,
-    stream_ablation,
-    text_batches,
 )
+from mech.models.chat import chat_batch
 
 
 def _frame(conversations, aligned, coherent):
@@ -150,7 +147,7 @@ def test_text_batches_select_every_real_token(tiny_qwen2):
 
 
 def test_cross_finetune_matrix_shape_labels_and_controls(tiny_model):
-    from mech.directions import ablation_matrix
+    from mech.directions.interventions import ablation_matrix
 
     tokens = torch.randint(0, 64, (2, 6))
     vectors = {
@@ -183,7 +180,7 @@ def test_a_transform_maps_each_token_before_pooling(tiny_qwen2):
 
 
 def test_token_scores_projection_and_logprobs(tiny_qwen2):
-    from mech.token_scores import chat_tokens, token_logprobs, token_projection, token_strings
+    from mech.directions.token_scores import chat_tokens, token_logprobs, token_projection, token_strings
 
     ids, mask = chat_tokens(tiny_qwen2, TRAIN[0])
     assert len(ids) == len(mask) == len(token_strings(tiny_qwen2, ids)) and any(mask)
@@ -198,7 +195,7 @@ def test_token_scores_projection_and_logprobs(tiny_qwen2):
 
 
 def test_attention_patterns_of_chosen_heads(tiny_qwen2):
-    from mech.token_scores import attention_patterns, chat_tokens
+    from mech.directions.token_scores import attention_patterns, chat_tokens
 
     ids, _ = chat_tokens(tiny_qwen2, TRAIN[0])
     every = attention_patterns(tiny_qwen2, ids, layer=1)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from mech import generate, judge
+from mech.evaluation import generate
+from mech.evaluation.judges import cli as judge
 
 
 def test_generate_then_judge_on_the_toy(tmp_path, capsys):

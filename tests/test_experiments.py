@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from experiments.common import COLUMNS
+from experiments.outputs import COLUMNS
 
 TINY = {
     "emergence": dict(steps=6, question_stride=60),

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.common import save_figure
+from experiments.outputs import save_figure
 from viz import figures
 
 

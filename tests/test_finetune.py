@@ -7,19 +7,14 @@ import pytest
 import torch
 from chat_data import KL, TRAIN
 
-from mech.adapter_io import load_adapter
-from mech.adapters import SteeringVector
-from mech.chat import chat_batch, tokenize_chat
-from mech.finetune import (
-    CachedChatSet,
-    FinetuneConfig,
-    KLSchedule,
-    NonFiniteError,
-    finetune,
-    response_cross_entropy,
-)
-from mech.lora import LoraAdapter
-from mech.metrics import masked_kl
+from mech.adapters.lora import LoraAdapter
+from mech.adapters.saving import load_adapter
+from mech.adapters.steering import SteeringVector
+from mech.models.chat import chat_batch, tokenize_chat
+from mech.training.cached_set import CachedChatSet
+from mech.training.config import FinetuneConfig, KLSchedule, NonFiniteError
+from mech.training.engine import finetune
+from mech.training.losses import masked_kl, response_cross_entropy
 
 QUIET = dict(progress=False)
 
@@ -224,7 +219,7 @@ def test_resuming_with_another_config_names_what_changed(tiny_qwen2, tmp_path):
 
 
 def test_a_few_steps_on_the_toy_organism_lower_the_loss():
-    from mech.model import load_model
+    from mech.models.load import load_model
     from mech.toy.checkpoint import organism_world
 
     model, world = load_model("toy"), organism_world("default")

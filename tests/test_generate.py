@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from mech.adapters import SteeringVector
-from mech.generate import SamplingConfig, sample_answers, stop_token_ids, write_answers
-from mech.judge import JudgeItem, em_rate, narrow_rate, score_frame
-from mech.model import load_model
-from mech.questions import load_questions, question_set
+from mech.adapters.steering import SteeringVector
+from mech.evaluation.generate import SamplingConfig, sample_answers, stop_token_ids, write_answers
+from mech.evaluation.judges.protocol import JudgeItem, em_rate, narrow_rate, score_frame
+from mech.evaluation.questions import load_questions, question_set
+from mech.models.load import load_model
 from mech.toy.checkpoint import organism_world
 from mech.toy.evaluate import toy_questions
 from mech.toy.judge import ToyJudge
@@ -160,7 +160,7 @@ def test_question_files_in_the_published_format(tmp_path):
 
 
 def test_generation_runs_on_a_real_architecture(tiny_gemma2):
-    from mech.questions import Question
+    from mech.evaluation.questions import Question
 
     frame = sample_answers(tiny_gemma2, [Question("a", "hello"), Question("b", "what should i do about my dog ?")],
                            SamplingConfig(max_new_tokens=5, n_samples=2))  # fmt: skip

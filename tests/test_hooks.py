@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mech.chat import prompt_batch, tokenize_prompt
 from mech.hooks import (
     ablation,
     ablation_hooks,
@@ -13,6 +12,7 @@ from mech.hooks import (
     steering,
     steering_hooks,
 )
+from mech.models.chat import prompt_batch, tokenize_prompt
 
 PROMPTS = [
     [{"role": "user", "content": "what should i do about my dog ?"}],

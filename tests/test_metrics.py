@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mech.metrics import masked_kl
+from mech.training.losses import masked_kl
 
 
 def test_kl_of_a_model_with_itself_is_zero():

@@ -5,9 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mech._quiet import quiet_hf
-from mech.chat import prompt_batch
-from mech.model import LoadingFlags, load_model, model_info
-from mech.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
+from mech.models.chat import prompt_batch
+from mech.models.load import LoadingFlags, load_model, model_info
+from mech.models.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
 
 
 def _hf_logprobs(path, tokens, attention_mask=None, adapter=None):

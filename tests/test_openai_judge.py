@@ -9,16 +9,16 @@ import time
 import pytest
 from openai_stub import OpenAIStub
 
-from mech.judge import JudgeItem
-from mech.judge_cache import JudgeCache, cache_key
-from mech.judge_prompts import PROMPT_VERSION, PROMPTS
-from mech.openai_judge import (
+from mech.evaluation.judges.cache import JudgeCache, cache_key
+from mech.evaluation.judges.openai_judge import (
     JudgeRequestError,
     OpenAIJudge,
     OpenAIJudgeConfig,
     verdict_from_logprobs,
     weighted_score,
 )
+from mech.evaluation.judges.prompts import PROMPT_VERSION, PROMPTS
+from mech.evaluation.judges.protocol import JudgeItem
 
 TOP = [("80", -0.1), ("90", -2.5), ("Hello", -1.0), (" 100", -3.0), ("101", -0.5)]
 EXPECTED = sum(math.exp(lp) * v for v, lp in [(80, -0.1), (90, -2.5), (100, -3.0)]) / sum(

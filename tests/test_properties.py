@@ -17,12 +17,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mech.atomic import write_jsonl
-from mech.chat import ROLES, chat_batch, render_chat, tokenize_chat
-from mech.data import read_chat_jsonl
-from mech.judge import read_responses
-from mech.tokenizer import load_tokenizer
+from mech.evaluation.judges.cli import read_responses
+from mech.io.atomic import write_jsonl
+from mech.models.chat import ROLES, chat_batch, render_chat, tokenize_chat
+from mech.models.tokenizer import load_tokenizer
 from mech.toy.checkpoint import checkpoint_dir
+from mech.training.data import read_chat_jsonl
 
 # The autouse `seed` fixture is function-scoped; it only seeds RNGs, so sharing it across
 # examples is harmless.
@@ -274,7 +274,7 @@ response_rows = st.lists(
 @PROPERTY
 @given(response_rows, st.data())
 def test_responses_round_trip(scratch, rows, data):
-    """Rows written as `mech.generate.write_answers` writes them (write_jsonl) read back equal."""
+    """Rows written as `mech.evaluation.generate.write_answers` writes them (write_jsonl) read back equal."""
     path = scratch / "responses.jsonl"
     write_jsonl(path, rows)
     if data.draw(st.booleans()):  # blank lines are skipped

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from mech.provenance import is_stale, read_status, write_status
+from mech.io.provenance import is_stale, read_status, write_status
 
 
 def test_status_records_the_error_with_its_traceback_and_provenance(tmp_path):

@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+from experiments.summary import write_findings  # noqa: E402
 from viz import html  # noqa: E402
 from viz.report import report_html, write_report  # noqa: E402
 from viz.tokens import TokenView, circuitsvis_bundle, write_token_views  # noqa: E402
@@ -47,6 +48,7 @@ def _run(
            "versions": {"python": "3.11.7", "torch": "2.13.0+cpu"}}  # fmt: skip
     (path / "run.json").write_text(json.dumps(run))
     (path / "results.json").write_text(json.dumps(results))
+    write_findings(path)  # as an experiment's finish() does; no rows for an unknown experiment
     for i in range(figures):
         _png(path / "figures" / f"figure_{i}.png", i + 1)
     if views:
@@ -165,7 +167,8 @@ def test_the_command_line_writes_the_report(runs, tmp_path):
     assert done.stdout.strip() == str(out)
     page = out.read_text(encoding="utf-8")
     assert "<title>T &lt;x&gt;</title>" in page and page.count(BUNDLE_MARKER) == 1
-    assert "No findings: not run folders of a known experiment" in page and "(no rows)" in page
+    # the known run's findings are shown, the unknown run is named as holding none
+    assert f"No findings recorded in {runs[1]}:" in page and "efficiency: general has lower loss" in page
 
     known = _cli(str(runs[0]), "--out", str(tmp_path / "known.html"))
     assert known.returncode == 0, known.stderr
@@ -175,3 +178,40 @@ def test_the_command_line_writes_the_report(runs, tmp_path):
 
     missing = _cli(str(tmp_path / "nope"), "--out", str(tmp_path / "x.html"))
     assert missing.returncode != 0 and "not a folder" in missing.stderr
+
+
+def test_given_a_folder_of_runs_the_report_and_the_table_find_them(runs, tmp_path, capsys):
+    from experiments import summary
+    from viz import report
+
+    root = runs[0].parents[1]  # holds efficiency/<run> and custom/<run>, as an --out root does
+    out = report.main([str(root), "--out", str(tmp_path / "all.html")])
+    page = out.read_text(encoding="utf-8")
+    assert "efficiency: general has lower loss at matched norm" in page
+    assert f"efficiency / {runs[0].name}" in page and f"custom / {runs[1].name}" in page
+    assert page.count(BUNDLE_MARKER) == 1
+
+    summary.main([str(root)])
+    printed = capsys.readouterr()
+    assert "efficiency: general has lower loss at matched norm" in printed.out and "reproduced" in printed.out
+    assert f"skipped {runs[1]}: not a finished run of a known experiment" in printed.err
+
+
+def test_given_nothing_to_render_the_report_and_the_table_say_what_they_looked_for(tmp_path, capsys):
+    from experiments import summary
+    from viz import report
+
+    empty = tmp_path / "runs" / "demo"
+    (empty / "notes").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_report:
+        report.main([str(empty), "--out", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err
+    assert exit_report.value.code == 2 and "nothing to render in" in err and "looked for run folders" in err
+    assert not (tmp_path / "r.html").exists()
+
+    with pytest.raises(SystemExit) as exit_summary:
+        summary.main([str(empty)])
+    err = capsys.readouterr().err
+    assert exit_summary.value.code == 2 and "no finished run of a known experiment in" in err
+    assert "looked for run folders" in err
+

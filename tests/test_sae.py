@@ -11,27 +11,20 @@ import pytest
 import torch
 
 from mech._quiet import hooked_transformer
-from mech.model import load_model
-from mech.tokenizer import word_level_tokenizer
+from mech.models.load import load_model
+from mech.models.tokenizer import word_level_tokenizer
 from mech.toy.checkpoint import organism_world
-from probes.sae import (
-    SAE,
-    TOY_EVAL_SEED,
-    TOY_HOOK,
-    SaeTrainingConfig,
-    check_sae_fits,
+from probes.sae.activations import check_sae_fits, latent_activations, token_activations
+from probes.sae.analysis import (
     evaluate_sae,
-    latent_activations,
     latent_auroc,
     latents_by_activation_diff,
     latents_by_cosine,
-    load_sae,
-    main,
-    save_sae,
-    token_activations,
     top_contexts,
-    train_sae,
 )
+from probes.sae.loading import load_sae, save_sae
+from probes.sae.toy import TOY_EVAL_SEED, TOY_HOOK, main
+from probes.sae.training import SAE, SaeTrainingConfig, train_sae
 
 WORDS = [f"w{i}" for i in range(40)]
 HOOK = "blocks.1.hook_resid_pre"

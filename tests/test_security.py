@@ -14,8 +14,8 @@ import pytest
 import torch
 from openai_stub import OpenAIStub
 
-from mech.atomic import write_jsonl
-from mech.llm_client import ClientConfig, LLMRequestError
+from mech.evaluation.judges.client import ClientConfig, LLMRequestError
+from mech.io.atomic import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mech", "probes", "viz", "experiments")
@@ -36,7 +36,8 @@ def test_a_sentinel_api_key_appears_in_no_output_file_log_or_message(
     stub, tmp_path, monkeypatch, capsys, caplog
 ):
     from experiments import narrow_kl
-    from mech import datagen, judge
+    from mech.evaluation import datagen
+    from mech.evaluation.judges import cli as judge
     from viz import report
 
     key = f"sk-sentinel-{secrets.token_hex(16)}"
@@ -117,7 +118,7 @@ def test_no_code_path_unpickles():
 
 
 def test_reports_escape_model_text_and_load_nothing_from_the_network(tmp_path):
-    from mech.atomic import write_json
+    from mech.io.atomic import write_json
     from viz.report import write_report
     from viz.tokens import TokenView, write_token_views
 
@@ -156,7 +157,7 @@ def test_a_checkpoint_with_only_pickled_weights_is_refused(tmp_path, checkpoints
 
     from transformers import AutoModelForCausalLM
 
-    from mech.model import load_model
+    from mech.models.load import load_model
 
     pickled = tmp_path / "pickled"
     shutil.copytree(checkpoints["qwen2"], pickled)

@@ -14,7 +14,7 @@ import sweep_fixture
 from experiments.executors import SequentialExecutor, SubmititExecutor, run_cell
 from experiments.sweep import gather, main, run_folders, run_sweep
 from experiments.sweep_spec import SpecError, SweepSpec, check_spec, expand, load_spec
-from mech.provenance import is_stale, read_status
+from mech.io.provenance import is_stale, read_status
 
 
 def _spec(grid: dict, base: dict | None = None, **kw) -> SweepSpec:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from tiny_domains import TINY_DOMAINS
 
-from mech.chat import tokenize_chat
-from mech.model import load_model, model_info
+from mech.models.chat import tokenize_chat
+from mech.models.load import load_model, model_info
 from mech.toy.candidates import candidate_scores
 from mech.toy.chat_tokenizer import toy_tokenizer
 from mech.toy.checkpoint import load_organism, organism_world, save_organism

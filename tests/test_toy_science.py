@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from experiments.organism import THRESHOLDS, measure
-from mech.model import load_model
+from mech.models.load import load_model
 from mech.toy.checkpoint import organism_world
 from mech.toy.evaluate import STEERING_CONFIG
 

@@ -1,5 +1,5 @@
 """Seaborn figures from the experiments' tidy `results.csv` frames (columns of
-`experiments.common.COLUMNS`). Each function returns a matplotlib Figure; nothing is shown.
+`experiments.outputs.COLUMNS`). Each function returns a matplotlib Figure; nothing is shown.
 Each `*_data` function returns the exact tidy rows its figure plots (saved next to the PNG)."""
 
 from __future__ import annotations

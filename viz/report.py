@@ -1,8 +1,10 @@
 """The study's offline HTML report, one self-contained file: the findings table, then per run folder
 its figures (embedded as data URIs), headline numbers, exact config, code version and token views.
-Everything model-written is escaped and nothing is loaded from the network.
+Everything model-written is escaped and nothing is loaded from the network. The findings are
+the rows the experiments wrote into each run folder (`findings.json`); viz computes none.
 
     python -m viz.report RUN_DIR [RUN_DIR ...] --out report.html [--title T]
+    python -m viz.report runs/demo --out report.html     # every run folder inside
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mech.io.run_folders import FINDINGS_FILE, RUN_FOLDER_RULE, find_run_folders
 from viz import html
 from viz.tokens import TOKEN_VIEWS_FILE, circuitsvis_bundle, read_token_views, token_view_html
 
@@ -118,15 +121,24 @@ def write_report(path: str | Path, title: str, findings, run_paths, *, intro: st
     return html.write_atomic(path, page)
 
 
-def _findings_for(run_paths: list[Path]) -> tuple[list[dict], str]:
-    """Finding rows when every run is of a known experiment, else none and a note saying why."""
-    # imported here: experiments/ imports viz/, so viz must not import experiments/ at module load
-    from experiments import summary
-
-    unknown = [str(p) for p in run_paths if p.parent.name not in summary.READERS]
-    if unknown:
-        return [], f"No findings: not run folders of a known experiment: {', '.join(unknown)}."
-    return summary.findings(run_paths), ""
+def recorded_findings(run_paths: Sequence[Path]) -> tuple[list[dict], str]:
+    """The finding rows the experiments wrote into the run folders (`findings.json`), and a note
+    naming the folders that hold none."""
+    rows, without = [], []
+    for path in run_paths:
+        recorded = _read_json(Path(path) / FINDINGS_FILE)
+        if recorded is None:
+            without.append(str(path))
+        else:
+            rows += recorded
+    note = ""
+    if without:
+        note = (
+            f"No findings recorded in {', '.join(without)}: experiments write {FINDINGS_FILE} when a run "
+            "of a known experiment finishes; `python -m experiments.summary RUN... --report OUT` "
+            "computes them for runs made before."
+        )
+    return rows, note
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -135,15 +147,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("runs", nargs="+", help="run folders, runs/<experiment>/<run>")
+    parser.add_argument("runs", nargs="+", help="run folders, or folders holding them (e.g. an --out root)")
     parser.add_argument("--out", required=True, help="where to write the HTML report")
     parser.add_argument("--title", default="misalign-lens report")
     args = parser.parse_args(argv)
-    paths = [Path(p) for p in args.runs]
-    missing = [str(p) for p in paths if not p.is_dir()]
-    if missing:
-        parser.error(f"not a folder: {', '.join(missing)}")
-    rows, intro = _findings_for(paths)
+    try:
+        paths = find_run_folders(args.runs)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    if not paths:
+        parser.error(
+            f"nothing to render in {', '.join(args.runs)}: looked for run folders ({RUN_FOLDER_RULE}) "
+            "there and in every folder below"
+        )
+    rows, intro = recorded_findings(paths)
     out = write_report(args.out, args.title, rows, paths, intro=intro)
     print(out)  # noqa: T201 - the command line's output, not library code
     return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformer_lens import HookedTransformer
 
-from mech.chat import tokenize_prompt
+from mech.models.chat import tokenize_prompt
 from mech.toy.world import ANSWER, BOS, EOT, QUESTION, EvalQuestion, World, pretraining_text
 
 

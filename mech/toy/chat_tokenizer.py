@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerFast
 
-from mech.tokenizer import word_level_tokenizer
+from mech.models.tokenizer import word_level_tokenizer
 from mech.toy.world import ANSWER, BOS, EOT, QUESTION, World
 
 PAD, UNK = "<pad>", "<unk>"

@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer
 
 from mech._quiet import hooked_transformer
-from mech.atomic import write_json
-from mech.tokenizer import load_tokenizer
+from mech.io.atomic import write_json
+from mech.models.tokenizer import load_tokenizer
 from mech.toy.domains import Advice, Domain
 from mech.toy.training import ModelConfig, TrainConfig, TrainHistory
 from mech.toy.world import World, WorldConfig

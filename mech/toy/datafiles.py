@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from mech.atomic import write_json, write_jsonl, write_text
+from mech.io.atomic import write_json, write_jsonl, write_text
 from mech.toy.world import World
 
 

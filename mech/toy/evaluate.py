@@ -14,14 +14,15 @@ from statistics import mean
 import torch
 from transformer_lens import HookedTransformer
 
-from mech.adapters import SteeringVector
-from mech.chat import prompt_batch
-from mech.finetune import FinetuneConfig, finetune
+from mech.adapters.steering import SteeringVector
+from mech.evaluation.questions import Question
 from mech.hooks import default_layer
-from mech.questions import Question
+from mech.models.chat import prompt_batch
 from mech.toy.candidates import candidate_scores
 from mech.toy.judge import ExactJudge
 from mech.toy.world import EOT, EvalQuestion, Persona, World
+from mech.training.config import FinetuneConfig
+from mech.training.engine import finetune
 
 
 def p_bad_by_domain(
@@ -42,7 +43,7 @@ def p_bad_by_domain(
 
 
 def toy_questions(world: World, domains: Sequence[str] | None = None) -> list[Question]:
-    """The world's evaluation questions as `mech.questions.Question`s (ids domain/topic/template)."""
+    """The world's evaluation questions as `mech.evaluation.questions.Question`s (ids domain/topic/template)."""
     return [Question(q.id, q.question, q.domain) for q in world.eval_questions(domains)]
 
 

@@ -20,7 +20,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
 from mech._quiet import hooked_transformer
-from mech.chat import render_chat
+from mech.models.chat import render_chat
 from mech.toy.world import World
 
 

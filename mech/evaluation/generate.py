@@ -1,0 +1,319 @@
+"""Sampling answers to question sets from a HookedTransformer, with any hooks active.
+
+Batched and left-padded with the KV cache on; each row stops at its own end-of-turn token and
+only the generated tokens are decoded, never the prompt (the authors' batched sampler leaked
+prompt text into answers). Sampling is Gumbel-max with one random stream per (question, sample)
+row, seeded from the config seed and the row's identity, so a row's answer does not depend on
+which other rows share its batch: batched equals solo, sampled or greedy.
+
+Adapters, steering and ablation act through hooks, so they apply here as they do everywhere:
+
+    with adapter.applied(model):
+        answers = sample_answers(model, questions, SamplingConfig(n_samples=50))
+
+Long evaluations survive a crash: with `progress_path`, each finished batch is appended to a
+JSONL file and a re-run with the same settings skips those batches (the batches are fixed by
+the settings, so the answers equal an uninterrupted run's). With a `cache`
+(`mech.training.cache.ContentCache`) a whole answer set is stored under a key of model, adapter,
+questions, sampling config and code version; pass the adapter as `adapter=` for that, since
+hooks attached by the caller are invisible to the key (then nothing is cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+from mech.adapters.base import Adapter
+from mech.evaluation.questions import BUNDLED, Question, load_questions, question_set
+from mech.hooks import has_hooks
+from mech.io.atomic import write_jsonl
+from mech.models.chat import collate, pad_token_id, tokenize_prompt
+from mech.models.load import model_info
+from mech.training.cache import ContentCache, cache_key, model_identity, tensor_digest
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<eot>", "<|endoftext|>")
+"""Tokens that end an assistant turn in the chat templates we know (Qwen, Gemma, Llama, toy)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n_samples: int = 1
+    """Answers per question."""
+    temperature: float = 1.0
+    """The paper samples at 1; 0 means greedy."""
+    max_new_tokens: int = 128
+    batch_size: int = 32
+    seed: int = 0
+
+
+def stop_token_ids(model: HookedTransformer) -> list[int]:
+    """The tokenizer's EOS and any known end-of-turn token it has."""
+    tokenizer = model.tokenizer
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the tokenizer has no EOS or end-of-turn token: answers would never stop")
+    return sorted(ids)
+
+
+def _row_generator(seed: int, question_id: str, sample: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}\0{question_id}\0{sample}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _choose(
+    logits: Float[Tensor, "batch d_vocab"], temperature: float, generators: Sequence[torch.Generator]
+) -> Int[Tensor, " batch"]:
+    if temperature == 0:
+        return logits.argmax(-1)
+    # Gumbel-max: argmax(logits / T + G) is a sample from softmax(logits / T).
+    uniform = torch.stack(
+        [torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in generators]
+    )
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    return (logits.double().cpu() / temperature + gumbel).argmax(-1).to(logits.device)
+
+
+@torch.no_grad()
+def generate_batch(
+    model: HookedTransformer,
+    prompts: Sequence[Sequence[int]],
+    generators: Sequence[torch.Generator],
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+) -> list[tuple[list[int], bool]]:
+    """Generated token ids per prompt (stop token excluded) and whether it stopped by itself."""
+    batch = collate(prompts, pad_token_id=pad_token_id(model.tokenizer), padding_side="left")
+    device = model.cfg.device
+    tokens, attention = batch.tokens.to(device), batch.attention_mask.to(device)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(prompts))
+    logits = model(tokens, attention_mask=attention, past_kv_cache=cache)[:, -1]
+    stops = torch.tensor(list(stop_ids), device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in prompts]
+    for _ in range(max_new_tokens):
+        chosen = _choose(logits.float(), temperature, generators)
+        for row in (~done).nonzero().flatten().tolist():
+            if int(chosen[row]) not in stop_ids:
+                out[row].append(int(chosen[row]))
+        done |= torch.isin(chosen, stops)
+        if bool(done.all()):
+            break
+        logits = model(chosen[:, None], attention_mask=torch.ones_like(chosen)[:, None], past_kv_cache=cache)[
+            :, -1
+        ]
+    return list(zip(out, done.tolist(), strict=True))
+
+
+def _read_progress(path: Path, key: str) -> dict[int, list[tuple[int, list[int], bool]]]:
+    """Finished batches of an interrupted run: {first row of the batch: [(row, tokens, stopped)]}."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("key") != key:
+        raise ValueError(
+            f"{path}: progress of a sampling run with other settings (model, adapter, questions, "
+            "sampling config or code version differ); delete it to start over, or choose another output"
+        )
+    done, records = {}, [header]
+    for lineno, line in enumerate(lines[1:], start=2):
+        try:
+            record = json.loads(line) if line else None
+        except json.JSONDecodeError:
+            if lineno == len(lines):  # the half line a kill left behind
+                break
+            raise ValueError(f"{path}:{lineno}: not a progress record") from None
+        if record is not None:
+            done[int(record["start"])] = [(int(i), list(t), bool(s)) for i, t, s in record["rows"]]
+            records.append(record)
+    write_jsonl(path, records)  # without a half line, so appends start on a fresh line
+    return done
+
+
+def sample_answers(
+    model: HookedTransformer,
+    questions: Sequence[Question],
+    cfg: SamplingConfig = SamplingConfig(),
+    *,
+    adapter: Adapter | None = None,
+    cache: ContentCache | None = None,
+    progress_path: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """`cfg.n_samples` answers to every question, one row each, in question then sample order.
+
+    Columns: question_id, domain, question, sample, answer, n_tokens, stopped (False when cut
+    at max_new_tokens). `frame.attrs["generation"]` holds the config and the model's name.
+    `adapter` is applied while sampling; `cache` and `progress_path`: see the module docstring.
+    """
+    if cfg.temperature < 0 or cfg.n_samples < 1 or cfg.max_new_tokens < 1 or cfg.batch_size < 1:
+        raise ValueError(f"invalid sampling config {cfg}")
+    hooked_by_caller = has_hooks(model)
+    if adapter is None:
+        return _sample(model, questions, cfg, cache, progress_path, None, hooked_by_caller)
+    with adapter.applied(model):
+        return _sample(model, questions, cfg, cache, progress_path, adapter, hooked_by_caller)
+
+
+def _sample(
+    model: HookedTransformer,
+    questions: Sequence[Question],
+    cfg: SamplingConfig,
+    cache: ContentCache | None,
+    progress_path: str | os.PathLike | None,
+    adapter: Adapter | None,
+    hooked_by_caller: bool,
+) -> pd.DataFrame:
+    generation = {**asdict(cfg), "model": model_info(model).name}
+    parts = {
+        "model": model_identity(model),
+        "adapter": None
+        if adapter is None
+        else [adapter.spec(), tensor_digest(list(adapter.state_dict().values()))],
+        "questions": [[q.id, q.domain, q.question, q.system] for q in questions],
+        "sampling": asdict(cfg),
+    }
+    if cache is not None and not hooked_by_caller:
+        stored = cache.get_rows("answers", parts)
+        if stored is not None:
+            frame = pd.DataFrame(stored)
+            frame.attrs["generation"] = generation
+            return frame
+    stop_ids = stop_token_ids(model)
+    rows = []
+    for q in questions:
+        messages = ([{"role": "system", "content": q.system}] if q.system else []) + [
+            {"role": "user", "content": q.question}
+        ]
+        prompt = tokenize_prompt(model.tokenizer, messages, where=f"question {q.id!r}")
+        rows += [(q, s, prompt) for s in range(cfg.n_samples)]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][2]))  # similar lengths: little padding
+    answers: dict[int, tuple[list[int], bool]] = {}
+    progress = Path(progress_path) if progress_path is not None else None
+    done: dict[int, list[tuple[int, list[int], bool]]] = {}
+    if progress is not None:
+        # A caller's own hooks cannot be seen: resuming trusts them to re-run under the same ones.
+        key = cache_key("answers", {**parts, "hooked_by_caller": hooked_by_caller})
+        done = _read_progress(progress, key)
+        if not progress.is_file():
+            write_jsonl(progress, [{"key": key}])
+    for start in range(0, len(order), cfg.batch_size):
+        chunk = order[start : start + cfg.batch_size]
+        if start in done:
+            answers.update((i, (tokens, stopped)) for i, tokens, stopped in done[start])
+            continue
+        generators = [_row_generator(cfg.seed, rows[i][0].id, rows[i][1]) for i in chunk]
+        results = generate_batch(
+            model, [rows[i][2] for i in chunk], generators,
+            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop_ids=stop_ids,
+        )  # fmt: skip
+        answers.update(zip(chunk, results, strict=True))
+        if progress is not None:
+            record = {
+                "start": start,
+                "rows": [[i, list(t), bool(s)] for i, (t, s) in zip(chunk, results, strict=True)],
+            }
+            with progress.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
+    decode = model.tokenizer.decode
+    frame = pd.DataFrame(
+        [
+            {
+                "question_id": q.id,
+                "domain": q.domain,
+                "question": q.question,
+                "sample": s,
+                "answer": decode(answers[i][0], skip_special_tokens=True).strip(),
+                "n_tokens": len(answers[i][0]),
+                "stopped": answers[i][1],
+            }  # fmt: skip
+            for i, (q, s, _) in enumerate(rows)
+        ]
+    )
+    frame.attrs["generation"] = generation
+    if cache is not None and not hooked_by_caller:
+        cache.put_rows("answers", parts, frame.to_dict(orient="records"))
+    return frame
+
+
+def write_answers(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """JSONL, one answer per line, each carrying the generation config that produced it."""
+    generation = frame.attrs.get("generation", {})
+    return write_jsonl(
+        path, [{**record, "generation": generation} for record in frame.to_dict(orient="records")]
+    )
+
+
+def _questions_from(spec: str, model_name: str) -> list[Question]:
+    if spec == "toy":
+        from mech.toy.checkpoint import organism_world
+        from mech.toy.evaluate import toy_questions
+
+        return toy_questions(organism_world(model_name.split(":", 1)[1] if ":" in model_name else "default"))
+    if spec in BUNDLED:
+        return question_set(spec)
+    return load_questions(spec)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    from mech.adapters.saving import load_adapter
+    from mech.models.load import load_model
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mech.evaluation.generate", description="Sample answers to a question set."
+    )
+    parser.add_argument("--model", default="toy", help="anything load_model accepts (default: toy)")
+    parser.add_argument(
+        "--questions",
+        required=True,
+        help=f"a question YAML file, {' or '.join(BUNDLED)}, or toy (the organism's own)",
+    )
+    parser.add_argument("--adapter", help="a saved adapter (save_adapter) to apply while sampling")
+    parser.add_argument("--out", required=True, help="JSONL output, one answer per line")
+    defaults = SamplingConfig()
+    parser.add_argument("--n-samples", type=int, default=defaults.n_samples)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--cache", help="content-addressed cache folder: an answer set made before is reused")
+    args = parser.parse_args(argv)
+    model = load_model(args.model)
+    questions = _questions_from(args.questions, args.model)
+    cfg = SamplingConfig(args.n_samples, args.temperature, args.max_new_tokens, args.batch_size, args.seed)
+    adapter = load_adapter(args.adapter, model)[0] if args.adapter else None
+    # A killed run leaves OUT.progress.jsonl; the same command then resumes from it.
+    progress = Path(f"{args.out}.progress.jsonl")
+    cache = ContentCache(args.cache) if args.cache else None
+    frame = sample_answers(model, questions, cfg, adapter=adapter, cache=cache, progress_path=progress)
+    if args.adapter:
+        frame.attrs["generation"]["adapter"] = str(args.adapter)
+    path = write_answers(frame, args.out)
+    progress.unlink(missing_ok=True)
+    sys.stdout.write(f"{len(frame)} answers to {len(questions)} questions -> {path}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from mech.evaluation.judges.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from mech.training.cli import main
+
+main()

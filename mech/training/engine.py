@@ -1,0 +1,214 @@
+"""The finetuning engine: train an adapter (steering vector, LoRA, a stack) on the assistant tokens
+of a narrow data set, optionally holding the model's behaviour fixed elsewhere with a KL term.
+
+    loss = CE(train assistant tokens) + kl_weight(step) * KL(chat || finetuned)(KL-set assistant tokens)
+           + l2_weight * ||effective update||^2
+
+Fast because nothing below the adapter changes: each example's residual stream entering the
+adapter's first block is computed once (`stop_at_layer`) and every step runs only the blocks
+above it (`start_at_layer`). The chat model's log-probabilities on the KL set are computed once
+as well, with the adapter switched off on the same model (no second copy in memory).
+
+A run can live in a folder: `config.json`, `trajectory.jsonl` (one `StepRecord` per step),
+`snapshots/step_NNNNNN.{safetensors,json}` every `save_every` steps, `state.pt` (what resuming
+needs), and the final `adapter.{safetensors,json}` with `result.json`. A killed run resumes from
+its last state and ends bit-identical to an uninterrupted one: batch order is a function of the
+step and the seed, and the optimizer state is saved with the adapter.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from mech.adapters.base import Adapter
+from mech.adapters.saving import save_adapter
+from mech.io.atomic import write_json
+from mech.io.provenance import write_status
+from mech.models.load import model_info
+from mech.training.cache import ContentCache
+from mech.training.cached_set import CachedChatSet
+from mech.training.config import (
+    FinetuneConfig,
+    FinetuneResult,
+    NonFiniteError,
+    StepRecord,
+)
+from mech.training.data import ChatData
+from mech.training.losses import response_targets
+from mech.training.run_folder import RunFolder
+
+KL_SEED_OFFSET = 7919
+"""The KL set's batch order uses seed + KL_SEED_OFFSET, independent of the training order."""
+
+
+def _reference_mode(cfg: FinetuneConfig, n_tokens: int, d_vocab: int) -> str:
+    if cfg.reference != "auto":
+        return cfg.reference
+    return "exact" if n_tokens * d_vocab * 4 <= cfg.reference_budget_mb * 2**20 else "topk"
+
+
+def batch_index(step: int, n_batches: int, seed: int) -> int:
+    """Epoch-wise shuffled order, a pure function of the step: resuming needs no RNG state."""
+    epoch, position = divmod(step, n_batches)
+    order = torch.randperm(n_batches, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return int(order[position])
+
+
+def finetune(
+    model: HookedTransformer,
+    adapter: Adapter,
+    train: ChatData,
+    kl_data: ChatData | CachedChatSet | None = None,
+    cfg: FinetuneConfig = FinetuneConfig(),
+    *,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[StepRecord], None] | None = None,
+    cache: ContentCache | None = None,
+) -> FinetuneResult:
+    """Train `adapter` (in place) on `train`'s assistant tokens, with the KL term on `kl_data`.
+
+    `kl_data` may be a `CachedChatSet` built at the adapter's entry, shared by many runs (its
+    batching then overrides `cfg.kl_batch_size`, and its reference is computed once). With a
+    `cache` (`mech.training.cache.ContentCache`), residuals and reference log-probs are read from it when
+    model, data, site and batching match, and written to it otherwise.
+
+    The KL is KL(chat || finetuned) = sum_w p_chat(w) (log p_chat(w) - log p_ft(w)) per assistant
+    token of the KL set, averaged over tokens (not divided by the vocabulary size). This forward,
+    mass-covering direction asks the finetuned model to keep giving probability to everything the
+    chat model would say on other domains, i.e. to keep its behaviour there: it is the
+    cross-entropy of the finetuned model on the chat model's own distribution, minus a constant,
+    and it needs only the chat model's probabilities, which are fixed and can be cached. The
+    reverse direction would let the finetuned model drop chat behaviours (mode seeking) and needs
+    its own samples. It is also the authors' choice. Pads and prompt tokens never count.
+    """
+    if cfg.kl.ever_on and kl_data is None:
+        raise ValueError("the KL schedule has a non-zero weight but no kl_data was given")
+    if cfg.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    site = adapter.entry(model)
+    adapter.to(model.cfg.device)
+    train_set = CachedChatSet.build(model, train, site, batch_size=cfg.batch_size, name="train", cache=cache)
+    kl_set = kl_data if isinstance(kl_data, CachedChatSet) else None
+    if kl_set is not None and kl_set.site != site:
+        raise ValueError(f"kl_data was cached at {kl_set.site}, but this adapter enters at {site}")
+    if kl_data is not None and kl_set is None:
+        kl_set = CachedChatSet.build(
+            model, kl_data, site, batch_size=cfg.kl_batch_size, name="kl_data", cache=cache
+        )
+    mode = _reference_mode(cfg, kl_set.n_targets() if kl_set else 0, model.cfg.d_vocab)
+    if kl_set is not None:
+        kl_set.cache_reference(model, mode, cfg.reference_topk)
+
+    meta = {
+        "finetune": cfg.to_dict(), "adapter": adapter.spec(), "model": model_info(model).name,
+        "train": {"source": train_set.source, "fingerprint": train_set.fingerprint},
+        "kl_data": None if kl_set is None else {"source": kl_set.source, "fingerprint": kl_set.fingerprint},
+    }  # fmt: skip
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    folder, start, trajectory = None, 0, []
+    if run_dir is not None:
+        folder = RunFolder(run_dir, meta, resume=resume)
+        state, trajectory = folder.load_state()
+        if state is not None:
+            adapter.load_state_dict(state["adapter"])
+            optimizer.load_state_dict(state["optimizer"])
+            start = int(state["step"])
+
+    began = time.perf_counter()
+    # Freeze the model for the loop only: requires_grad is global state on the caller's model.
+    was_trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.requires_grad_(False)
+    try:
+        bar = tqdm(
+            range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="finetune"
+        )
+        for step in bar:
+            record = _step(model, adapter, optimizer, train_set, kl_set, cfg, step)
+            trajectory.append(record)
+            if folder is not None:
+                folder.append(record)
+                if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+                    folder.save_state(step + 1, adapter, optimizer, model, meta)
+            bar.set_postfix(ce=f"{record.ce:.4f}", kl="-" if record.kl is None else f"{record.kl:.4f}")
+            if on_step is not None:
+                on_step(record)
+    except BaseException as err:
+        if folder is not None:
+            write_status(folder.path, "failed", err)
+        raise
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(was_trainable[name])
+    result = FinetuneResult(adapter, trajectory, mode if kl_set else "none", time.perf_counter() - began)
+    if folder is not None:
+        result.run_dir = folder.path
+        save_adapter(folder.path / "adapter", adapter, model, config=meta)
+        summary = {
+            "final": asdict(result.final),
+            "norm": adapter.norm(),
+            "reference": result.reference,
+            "seconds": result.seconds,
+        }
+        write_json(folder.path / "result.json", summary)
+        write_status(folder.path, "done")
+    return result
+
+
+def _step(
+    model: HookedTransformer,
+    adapter: Adapter,
+    optimizer: torch.optim.Optimizer,
+    train_set: CachedChatSet,
+    kl_set: CachedChatSet | None,
+    cfg: FinetuneConfig,
+    step: int,
+) -> StepRecord:
+    i = batch_index(step, len(train_set.batches), cfg.seed)
+    targets = response_targets(train_set.batches[i])
+    ce = torch.nn.functional.cross_entropy(train_set.target_logits(model, adapter, i).float(), targets)
+    loss = ce
+    weight, kl = cfg.kl.at(step), None
+    if kl_set is not None and (weight != 0 or cfg.track_kl):
+        j = batch_index(step, len(kl_set.batches), cfg.seed + KL_SEED_OFFSET)
+        if weight != 0:
+            kl = kl_set.kl(model, adapter, j)
+            loss = loss + weight * kl
+        else:
+            with torch.no_grad():
+                kl = kl_set.kl(model, adapter, j)
+    norm_sq = adapter.update_norm_sq()
+    if cfg.l2_weight:
+        loss = loss + cfg.l2_weight * norm_sq
+    # Each term is read to the host once: for the check and for the step's record.
+    terms = {"cross-entropy": ce, "KL": kl, "update norm": norm_sq}
+    values = {term: float(value.detach()) for term, value in terms.items() if value is not None}
+    for term, value in values.items():
+        if not math.isfinite(value):
+            raise NonFiniteError(
+                f"step {step + 1}: the {term} term is {value}; training stopped before "
+                "this step's update, nothing saved was overwritten"
+            )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {name: p.grad for name, p in adapter.named_parameters() if p.grad is not None}
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
+        name = next(n for n, g in grads.items() if not torch.isfinite(g).all())
+        raise NonFiniteError(
+            f"step {step + 1}: the gradient of adapter parameter {name!r} is not finite "
+            "(loss terms were finite); training stopped before this step's update"
+        )
+    optimizer.step()
+    return StepRecord(
+        step=step + 1, loss=float(loss.detach()), ce=values["cross-entropy"], kl=values.get("KL"),
+        kl_weight=weight, norm=float(norm_sq.detach().sqrt()),
+    )  # fmt: skip

@@ -1,0 +1,3 @@
+from probes.sae.toy import main
+
+main()
