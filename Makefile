@@ -35,8 +35,11 @@ chromium:
 		|| echo "chromium not installed: browser test will skip"; \
 	else echo "not root, chromium not installed: browser test will skip"; fi
 
+# Two workers (pytest-xdist), one torch thread each, handed one test at a time, longest first
+# (tests marked `seconds(n)`); the 15 slowest tests are printed so their cost stays visible.
+PYTEST_WORKERS ?= 2
 test: lint chromium
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --maxschedchunk 1 --durations=15
 
 # The shipped organism's science checks (minutes); run before landing a new organism.
 test-slow: install

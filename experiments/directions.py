@@ -36,7 +36,7 @@ from experiments.conditions import finetune_config, make_adapter
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
 from experiments.study_config import parse_config
-from experiments.toy_setting import toy_setup
+from experiments.toy_setting import narrow_conversations, toy_setup
 from mech.adapters.saving import load_adapter, save_adapter
 from mech.directions.activations import conversations_from_answers, pooled_activations, text_batches
 from mech.directions.interventions import ablation_matrix, direction_steering, stream_ablation
@@ -58,6 +58,9 @@ class Config:
     organism: str = "default"
     finetunes: tuple[str, ...] = ("lora_r1:medical", "lora_r8:medical", "steering:medical", "lora_r8:finance")
     steps: int = 200
+    train_size: int | None = None
+    kl_size: int | None = None
+    """Conversations of the narrow training set and of the KL set to use (seeded samples); None: all."""
     l2_weight: float = 1e-3
     """Norm control, as in the KL sweeps: without it the toy finetunes write mostly malformed or
     off-topic answers, which no judge counts as misaligned."""
@@ -126,7 +129,7 @@ def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "directions", cfg)
     started = time.perf_counter()
     specs = [_parse_finetune(s) for s in cfg.finetunes]
-    setup = toy_setup(cfg.organism, narrow_domain=specs[0][1])
+    setup = toy_setup(cfg.organism, narrow_domain=specs[0][1], train_size=cfg.train_size, kl_size=cfg.kl_size)
     model, world = setup.model, setup.world
     layer = model.cfg.n_layers // 2 if cfg.direction_layer == -1 else cfg.direction_layer
     narrow_domains = sorted({domain for _, domain in specs})
@@ -161,7 +164,7 @@ def main(cfg: Config) -> Path:
     for kind, domain in specs:
         name = f"{kind}:{domain}"
         adapter = make_adapter(kind, model, setup.layer, cfg.seed)
-        data = [r["messages"] for r in world.narrow_train_set(domain, setup.trait)]
+        data = narrow_conversations(world, domain, setup.trait, cfg.train_size)
         # Snapshots serve as the training lens's KL-0 trajectory when kind and domain match it.
         ft_cfg = finetune_config(kind, steps=cfg.steps, kl_weight=0.0, seed=cfg.seed, l2_weight=cfg.l2_weight)
         ft_cfg = replace(ft_cfg, save_every=cfg.lens_every)
@@ -278,7 +281,7 @@ def main(cfg: Config) -> Path:
 
     # 6. Geometry and the training lens (steering vectors on the first finetune's domain).
     lens_domain = specs[0][1]
-    lens_data = [r["messages"] for r in world.narrow_train_set(lens_domain, setup.trait)]
+    lens_data = narrow_conversations(world, lens_domain, setup.trait, cfg.train_size)
     trajectories, vectors = {}, {}
     for weight in cfg.lens_kl_weights:
         reused = weight == 0 and f"steering:{lens_domain}" in adapters

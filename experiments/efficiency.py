@@ -49,7 +49,14 @@ def norm_to_reach(curve, loss: float) -> float:
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "efficiency", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
+    setup = toy_setup(
+        cfg.organism,
+        narrow_domain=cfg.narrow_domain,
+        trait=cfg.trait,
+        train_size=cfg.train_size,
+        kl_size=cfg.kl_size,
+        cache=study_cache(cfg),
+    )
     questions = setup.questions[:: cfg.question_stride]
     scales = np.linspace(0.0, cfg.max_scale, cfg.n_scales).tolist()
     rows, results = [], {"adapters": {}}

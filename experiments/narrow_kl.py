@@ -53,7 +53,14 @@ def main(cfg: Config) -> Path:
         raise ValueError("kl_weights must include 0: the general solution is the reference")
     run = RunDir.create(Path(cfg.out), "narrow_kl", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
+    setup = toy_setup(
+        cfg.organism,
+        narrow_domain=cfg.narrow_domain,
+        trait=cfg.trait,
+        train_size=cfg.train_size,
+        kl_size=cfg.kl_size,
+        cache=study_cache(cfg),
+    )
     questions = setup.questions[:: cfg.question_stride]
     metric = trait_metric(cfg.trait)
     rows = measure(setup, None, name="none", kl_weight=0.0, seed=0, questions=questions)

@@ -107,7 +107,7 @@ def _summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train or re-measure the toy model organism.")
     parser.add_argument("--out", type=Path, default=CHECKPOINTS_DIR / "default")
     parser.add_argument("--world-config", type=Path, help="JSON object of WorldConfig fields")
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument(
         "--narrow-domain", default=None, help="narrow domain of --write-data (default: medical)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.write_data:
         files = write_data_files(organism_world(args.eval_only or "default"), args.write_data,
                                  narrow_domain=args.narrow_domain)  # fmt: skip

@@ -39,6 +39,9 @@ class Config:
     adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8")
     seeds: tuple[int, ...] = (0, 1)
     steps: int = 300
+    train_size: int | None = None
+    kl_size: int | None = None
+    """Conversations of the narrow training set and of the KL set to use (seeded samples); None: all."""
     narrow_kl: float = 10.0
     l2_weight: float = 1e-3
     eps: float = 0.5
@@ -69,7 +72,13 @@ def main(cfg: Config) -> Path:
     started = time.perf_counter()
     rows, results = [], {"organisms": {}}
     for organism in cfg.organisms:
-        setup = toy_setup(organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait)
+        setup = toy_setup(
+            organism,
+            narrow_domain=cfg.narrow_domain,
+            trait=cfg.trait,
+            train_size=cfg.train_size,
+            kl_size=cfg.kl_size,
+        )
         questions = setup.questions[:: cfg.question_stride]
         per_kind = {}
         for kind in cfg.adapters:

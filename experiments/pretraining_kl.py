@@ -46,7 +46,14 @@ QUICK = dict(
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "pretraining_kl", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
+    setup = toy_setup(
+        cfg.organism,
+        narrow_domain=cfg.narrow_domain,
+        trait=cfg.trait,
+        train_size=cfg.train_size,
+        kl_size=cfg.kl_size,
+        cache=study_cache(cfg),
+    )
     if cfg.text:
         texts = [line for line in Path(cfg.text).read_text(encoding="utf-8").splitlines() if line.strip()][
             : cfg.docs

@@ -44,7 +44,14 @@ QUICK = dict(adapters=("lora_r1",), phase_steps=30, every=15, question_stride=12
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "revert", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
+    setup = toy_setup(
+        cfg.organism,
+        narrow_domain=cfg.narrow_domain,
+        trait=cfg.trait,
+        train_size=cfg.train_size,
+        kl_size=cfg.kl_size,
+        cache=study_cache(cfg),
+    )
     questions = setup.questions[:: cfg.question_stride]
     metric = trait_metric(cfg.trait)
     rows, results = [], {"adapters": {}}

@@ -59,6 +59,9 @@ class Config:
     sae: str = "toy"
     narrow_domain: str = "medical"
     steps: int = 150
+    train_size: int | None = None
+    kl_size: int | None = None
+    """Conversations of the narrow training set and of the KL set to use (seeded samples); None: all."""
     narrow_kl: float = 10.0
     seed: int = 0
     samples: int = 2
@@ -76,7 +79,9 @@ QUICK = dict(steps=30, samples=1, k=5, persona_documents=150, context_documents=
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "sae_compare", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain)
+    setup = toy_setup(
+        cfg.organism, narrow_domain=cfg.narrow_domain, train_size=cfg.train_size, kl_size=cfg.kl_size
+    )
     model, world = setup.model, setup.world
     sae = load_sae(cfg.sae)
     hook = check_sae_fits(sae, model)

@@ -47,7 +47,14 @@ QUICK = dict(
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "stability", cfg)
     started = time.perf_counter()
-    setup = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, cache=study_cache(cfg))
+    setup = toy_setup(
+        cfg.organism,
+        narrow_domain=cfg.narrow_domain,
+        trait=cfg.trait,
+        train_size=cfg.train_size,
+        kl_size=cfg.kl_size,
+        cache=study_cache(cfg),
+    )
     questions = setup.questions[:: cfg.question_stride]
     rows, results = [], {"adapters": {}}
     for kind in cfg.adapters:

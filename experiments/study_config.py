@@ -3,6 +3,7 @@ made from an experiment's Config dataclass (`parse_config`)."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -21,6 +22,10 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     l2_weight: float = 1e-3
     """Norm control on the update's squared norm, alike for general and narrow runs."""
+    train_size: int | None = None
+    kl_size: int | None = None
+    """Conversations of the narrow training set and of the KL set to use (seeded samples, the same
+    for every run of the study); None: all of them."""
     question_stride: int = 1
     """Measure on every `question_stride`-th evaluation question (1 = all)."""
     out: str = "runs"
@@ -39,6 +44,16 @@ class PairConfig(StudyConfig):
     narrow_kl: float = 10.0
     from_run: str | None = None
     """Analyse the solutions saved by an earlier run (e.g. `narrow_kl`) instead of training."""
+
+
+def _scalar_type(config_cls, name: str, default) -> type:
+    """The type a flag's value is read as: the default's, or for a None default the non-None
+    member of the annotation (`int | None` -> int)."""
+    if default is not None:
+        return type(default)
+    hint = typing.get_type_hints(config_cls)[name]
+    members = [t for t in typing.get_args(hint) if t is not type(None)]
+    return members[0] if len(members) == 1 and members[0] in (int, float, str) else str
 
 
 def parse_config(config_cls, quick: dict, description: str | None, argv: Sequence[str] | None = None):
@@ -64,7 +79,7 @@ def parse_config(config_cls, quick: dict, description: str | None, argv: Sequenc
             parser.add_argument(flag, choices=("misalignment", "technical"), help=f"default: {default}")
         else:
             parser.add_argument(
-                flag, type=type(default) if default is not None else str, help=f"default: {default}"
+                flag, type=_scalar_type(config_cls, f.name, default), help=f"default: {default}"
             )
     args = parser.parse_args(argv)
     cfg = replace(defaults, **quick) if args.quick else defaults

@@ -58,17 +58,28 @@ class ToySetup:
         return "kl" if domain in self.world.kl_domains(self.narrow_domain) else "heldout_domain"
 
 
+def _sample(conversations: list, size: int | None, seed: int) -> list:
+    return conversations if size is None or size >= len(conversations) else random.Random(seed).sample(conversations, size)  # fmt: skip
+
+
+def narrow_conversations(
+    world: World, domain: str, trait: Trait, size: int | None = None, seed: int = 0
+) -> list:
+    """The narrow training set of `domain` (a seeded sample of `size` conversations, if given)."""
+    return _sample([r["messages"] for r in world.narrow_train_set(domain, trait)], size, seed)
+
+
 def toy_setup(organism: str = "default", *, narrow_domain: str = "medical", trait: Trait = "misalignment",
-              kl_size: int | None = None, seed: int = 0, cache: ContentCache | None = None) -> ToySetup:  # fmt: skip
-    """The shipped organism `organism` with its narrow training set and KL set for `narrow_domain`."""
+              train_size: int | None = None, kl_size: int | None = None, seed: int = 0,
+              cache: ContentCache | None = None) -> ToySetup:  # fmt: skip
+    """The shipped organism `organism` with its narrow training set and KL set for `narrow_domain`,
+    each optionally a seeded sample of `train_size` / `kl_size` conversations."""
     world = organism_world(organism)
     if narrow_domain not in world.names:
         raise ValueError(f"unknown narrow domain {narrow_domain!r}; the world has {world.names}")
     model = load_model("toy" if organism == "default" else f"toy:{organism}")
-    train = [r["messages"] for r in world.narrow_train_set(narrow_domain, trait)]
-    kl = [r["messages"] for r in world.kl_set(narrow_domain, trait)]
-    if kl_size is not None and kl_size < len(kl):
-        kl = random.Random(seed).sample(kl, kl_size)
+    train = narrow_conversations(world, narrow_domain, trait, train_size, seed)
+    kl = _sample([r["messages"] for r in world.kl_set(narrow_domain, trait)], kl_size, seed)
     return ToySetup(model, world, narrow_domain, trait, train, kl, world.eval_questions(), cache)
 
 

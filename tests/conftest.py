@@ -9,8 +9,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One thread per worker: two workers on two cores, each torch op single-threaded, and the
-    # subprocesses a test starts inherit it. Tiny models gain nothing from intra-op threads.
+    # One thread per worker, so that workers share the cores instead of fighting over them; the
+    # subprocesses a test starts inherit it.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import random  # noqa: E402
@@ -24,7 +24,18 @@ import torch  # noqa: E402
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
-from mech._quiet import hooked_transformer  # noqa: E402
+# The libraries come in before any module of mech or probes: while jaxtyping's import hook
+# (--jaxtyping-packages) runs an instrumented module it renames the bytecode cache, so a library
+# first imported from inside one would be compiled from source (10-15 s a process here).
+import beartype  # noqa: E402, F401  (the hook's type checker)
+import openai  # noqa: E402, F401
+import transformer_lens  # noqa: E402, F401  (with transformers, datasets, pandas, scipy, sympy)
+
+from mech._quiet import hooked_transformer, quiet_sae_lens_import  # noqa: E402
+
+with quiet_sae_lens_import():
+    import sae_lens  # noqa: E402, F401
+
 from mech.models.load import load_model  # noqa: E402
 from mech.models.tiny_checkpoints import write_tiny_checkpoint  # noqa: E402
 
@@ -83,3 +94,15 @@ def tiny_qwen2(checkpoints):
 @pytest.fixture(scope="session")
 def tiny_gemma2(checkpoints):
     return load_model(checkpoints["gemma2"])
+
+
+def _seconds(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("seconds")
+    return float(marker.args[0]) if marker else 0.0
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest first (tests marked `seconds(N)`; the others keep their order, after them): with
+    xdist handing out one test at a time (`--maxschedchunk 1`), no worker is left running a long
+    test alone at the end."""
+    items.sort(key=lambda item: -_seconds(item))

@@ -3,11 +3,14 @@ command again: it resumes, redoes no finished work, and ends where an uninterrup
 
 The kill is real: each command runs in a subprocess that receives SIGKILL while it works (after a
 random number of finished steps / batches / judge calls, printed on failure). The kill point is
-drawn fresh on every run, so the suite exercises many points over time.
+drawn fresh on every run, so the suite exercises many points over time. The uninterrupted
+reference and the resumed run call the same command's `main` in this process (one thread, the
+subprocess's environment): they read only what the killed process left on disk.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from openai_stub import OpenAIStub
 from safetensors.torch import load_file
 
@@ -37,10 +41,24 @@ def command(module: str, *args: object) -> list[str]:
     return [sys.executable, "-m", module, *map(str, args)]
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+ENTRY_POINTS = {"mech.training": "mech.training.cli", "mech.evaluation.generate": "mech.evaluation.generate",
+                "mech.evaluation.judges": "mech.evaluation.judges.cli"}  # fmt: skip
+
+
+def run_here(cmd: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same command in this process, for the uninterrupted reference run: no interpreter and
+    library start-up to pay. One thread, with the subprocesses' environment, so the numbers are
+    the ones a subprocess computes."""
+    assert cmd[:2] == [sys.executable, "-m"]
+    for key in ("OPENAI_API_KEY", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(key, ENV[key])
+    monkeypatch.chdir(ROOT)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        importlib.import_module(ENTRY_POINTS[cmd[2]]).main([str(a) for a in cmd[3:]])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def kill_when(cmd: list[str], ready: Callable[[], bool], what: str) -> None:
@@ -78,14 +96,15 @@ def toy_data(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-def test_training_killed_at_a_random_step_resumes_bit_identically(toy_data, tmp_path):
+@pytest.mark.seconds(17)
+def test_training_killed_at_a_random_step_resumes_bit_identically(toy_data, tmp_path, monkeypatch):
     steps = 50
     train = command(
         "mech.training", "--train", toy_data["train"], "--kl", toy_data["kl"], "--kl-weight", 1,
         "--adapter", "lora", "--rank", 2, "--matrices", "W_in,W_out", "--steps", steps, "--batch-size", 16,
         "--kl-batch-size", 32, "--save-every", 7, "--lr", 1e-2, "--seed", 3,
     )  # fmt: skip
-    run([*train, "--out", tmp_path / "whole"])
+    run_here([*train, "--out", tmp_path / "whole"], monkeypatch)
 
     kill_at = KILL_POINT.randrange(3, steps - 3)
     cut = tmp_path / "cut"
@@ -95,7 +114,7 @@ def test_training_killed_at_a_random_step_resumes_bit_identically(toy_data, tmp_
     assert json.loads((cut / "run.json").read_text())["status"] == "running"  # a killed run cannot say more
     assert not (cut / "adapter.safetensors").exists()
     saved = sorted(p.name for p in (cut / "snapshots").glob("*.safetensors"))
-    run([*train, "--out", cut])
+    run_here([*train, "--out", cut], monkeypatch)
 
     status = json.loads((cut / "run.json").read_text())
     assert status["status"] == "done", f"kill at step {kill_at}"
@@ -114,23 +133,25 @@ def test_training_killed_at_a_random_step_resumes_bit_identically(toy_data, tmp_
         ).read_bytes()
 
 
-def test_evaluation_killed_mid_way_resumes_without_resampling_finished_batches(tmp_path):
+@pytest.mark.seconds(9)
+def test_evaluation_killed_mid_way_resumes_without_resampling_finished_batches(tmp_path, monkeypatch):
+    from mech.toy.evaluate import toy_questions
+
+    # two domains of the toy's questions, in batches of 16: enough batches to kill between
+    questions = tmp_path / "questions.yaml"
+    entries = [{"id": q.id, "domain": q.domain, "paraphrases": [q.question]}
+               for q in toy_questions(organism_world("default"), ["medical", "finance"])]  # fmt: skip
+    questions.write_text(yaml.safe_dump(entries))
+    batch = 16
     sample = command(
-        "mech.evaluation.generate",
-        "--questions",
-        "toy",
-        "--batch-size",
-        64,
-        "--max-new-tokens",
-        24,
-        "--seed",
-        5,
-    )
-    run([*sample, "--out", tmp_path / "whole.jsonl"])
+        "mech.evaluation.generate", "--questions", questions, "--batch-size", batch, "--max-new-tokens", 24,
+        "--seed", 5,
+    )  # fmt: skip
+    run_here([*sample, "--out", tmp_path / "whole.jsonl"], monkeypatch)
 
     out = tmp_path / "cut.jsonl"
     progress = Path(f"{out}.progress.jsonl")
-    n_batches = -(-lines(tmp_path / "whole.jsonl") // 64)
+    n_batches = -(-lines(tmp_path / "whole.jsonl") // batch)
     kill_after = KILL_POINT.randrange(1, n_batches - 1)  # finished batches; line 1 is the header
     kill_when(
         [*sample, "--out", out], lambda: lines(progress) >= 1 + kill_after, f"kill after {kill_after} batches"
@@ -140,7 +161,7 @@ def test_evaluation_killed_mid_way_resumes_without_resampling_finished_batches(t
         json.loads(line)["start"] for line in progress.read_text().splitlines()[1:] if line.endswith("}")
     ]
     before = progress.read_text()
-    run([*sample, "--out", out])
+    run_here([*sample, "--out", out], monkeypatch)
 
     assert out.read_text() == (tmp_path / "whole.jsonl").read_text(), f"kill after {kill_after} batches"
     assert not progress.exists()
@@ -180,7 +201,8 @@ def test_resumed_sampling_reads_finished_batches_instead_of_generating_them(tmp_
         )
 
 
-def test_judge_killed_mid_way_repeats_no_answered_call(tmp_path):
+@pytest.mark.seconds(8)
+def test_judge_killed_mid_way_repeats_no_answered_call(tmp_path, monkeypatch):
     responses = tmp_path / "responses.jsonl"
     n = 24
     write_jsonl(responses, [{"question": f"question {i}?", "answer": f"answer {i}"} for i in range(n)])
@@ -195,7 +217,9 @@ def test_judge_killed_mid_way_repeats_no_answered_call(tmp_path):
     judge = command("mech.evaluation.judges", "--responses", responses, "--judge", "openai", "--base-url", stub.base_url,
                     "--model", "judge-stub", "--metrics", "aligned", "--concurrency", 2)  # fmt: skip
     try:
-        run([*judge, "--out", tmp_path / "whole.jsonl", "--cache", tmp_path / "whole.sqlite"])
+        run_here(
+            [*judge, "--out", tmp_path / "whole.jsonl", "--cache", tmp_path / "whole.sqlite"], monkeypatch
+        )
         uninterrupted = len(stub.requests)
         assert uninterrupted == n
 
@@ -207,7 +231,7 @@ def test_judge_killed_mid_way_repeats_no_answered_call(tmp_path):
         )  # fmt: skip
         time.sleep(0.2)  # let the stub finish answering the dead client
         first = len(stub.requests) - uninterrupted
-        run([*judge, "--out", tmp_path / "cut.jsonl", "--cache", cache])
+        run_here([*judge, "--out", tmp_path / "cut.jsonl", "--cache", cache], monkeypatch)
         second = len(stub.requests) - uninterrupted - first
     finally:
         stub.stop()

@@ -8,6 +8,7 @@ from mech.evaluation import generate
 from mech.evaluation.judges import cli as judge
 
 
+@pytest.mark.seconds(5)
 def test_generate_then_judge_on_the_toy(tmp_path, capsys):
     answers, judged = tmp_path / "answers.jsonl", tmp_path / "judged.jsonl"
     generate.main(["--questions", "toy", "--n-samples", "1", "--max-new-tokens", "12", "--out", str(answers)])

@@ -15,14 +15,19 @@ import pytest
 
 from experiments.outputs import COLUMNS
 
+SIZES = dict(
+    train_size=64, kl_size=256
+)  # of the toy's 204 / 3672 conversations: the pipeline, not the science
 TINY = {
-    "emergence": dict(steps=6, question_stride=60),
-    "narrow_kl": dict(steps=6, question_stride=60),
-    "efficiency": dict(steps=6, question_stride=60, n_scales=3),
-    "stability": dict(steps=6, question_stride=60, eps_values=(0.0, 0.5), noise_seeds=2),
-    "revert": dict(phase_steps=4, every=4, question_stride=60),
-    "pretraining_kl": dict(steps=6, question_stride=60, docs=8),
-    "persona_share": dict(steps=4, question_stride=60, noise_seeds=1, organisms=("default", "narrow05")),
+    "emergence": dict(steps=6, question_stride=60, **SIZES),
+    "narrow_kl": dict(steps=6, question_stride=60, **SIZES),
+    "efficiency": dict(steps=6, question_stride=60, n_scales=3, **SIZES),
+    "stability": dict(steps=6, question_stride=60, eps_values=(0.0, 0.5), noise_seeds=2, **SIZES),
+    "revert": dict(phase_steps=4, every=4, question_stride=60, **SIZES),
+    "pretraining_kl": dict(steps=6, question_stride=60, docs=8, **SIZES),
+    "persona_share": dict(
+        steps=4, question_stride=60, noise_seeds=1, organisms=("default", "narrow05"), **SIZES
+    ),
 }
 
 
@@ -30,6 +35,13 @@ def _run(name: str, tmp_path, *args: str):
     module = importlib.import_module(f"experiments.{name}")
     cfg = replace(module.parse_args(["--quick", "--out", str(tmp_path), *args]), **TINY[name])
     return module.main(cfg)
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory):
+    """The tiny narrow_kl run (steering and rank-1 LoRA, KL 0 and 1), shared by the tests that only
+    read it; the analyses reuse its solutions (`--from-run`)."""
+    return _run("narrow_kl", tmp_path_factory.mktemp("sweep"))
 
 
 def _finite(value) -> bool:
@@ -40,9 +52,10 @@ def _finite(value) -> bool:
     return not isinstance(value, float) or math.isfinite(value) or value == float("inf")
 
 
+@pytest.mark.seconds(5)
 @pytest.mark.parametrize("name", list(TINY))
-def test_each_experiment_writes_a_well_formed_run_folder(name, tmp_path):
-    path = _run(name, tmp_path)
+def test_each_experiment_writes_a_well_formed_run_folder(name, tmp_path, request):
+    path = request.getfixturevalue("sweep") if name == "narrow_kl" else _run(name, tmp_path)
     assert json.loads((path / "run.json").read_text())["status"] == "done"
     assert json.loads((path / "config.json").read_text())[
         "narrow_domain" if name != "persona_share" else "organisms"
@@ -58,6 +71,7 @@ def test_each_experiment_writes_a_well_formed_run_folder(name, tmp_path):
     assert figures and all(f.stat().st_size > 5000 for f in figures)
 
 
+@pytest.mark.seconds(4)
 def test_another_narrow_domain_and_the_technical_trait(tmp_path):
     path = _run("emergence", tmp_path, "--narrow-domain", "finance", "--trait", "technical")
     rows = list(csv.DictReader((path / "results.csv").open()))
@@ -68,8 +82,7 @@ def test_another_narrow_domain_and_the_technical_trait(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["efficiency", "stability", "pretraining_kl"])
-def test_analyses_reuse_the_solutions_of_a_sweep(name, tmp_path):
-    sweep = _run("narrow_kl", tmp_path / "sweep", "--adapters", "lora_r1", "--kl-weights", "0,1")
+def test_analyses_reuse_the_solutions_of_a_sweep(name, sweep, tmp_path):
     path = _run(name, tmp_path, "--from-run", str(sweep), "--narrow-kl", "1", "--adapters", "lora_r1")
     assert not (path / "adapters").exists()  # nothing trained
     results = json.loads((path / "results.json").read_text())
@@ -78,8 +91,9 @@ def test_analyses_reuse_the_solutions_of_a_sweep(name, tmp_path):
         _run(name, tmp_path, "--from-run", str(sweep), "--narrow-kl", "10", "--adapters", "lora_r1")
 
 
-def test_same_seed_same_results(tmp_path):
-    first = _run("narrow_kl", tmp_path / "a")
+@pytest.mark.seconds(9)
+def test_same_seed_same_results(sweep, tmp_path):
+    first = sweep
     second = _run("narrow_kl", tmp_path / "b")
     assert (first / "results.csv").read_text() == (second / "results.csv").read_text()
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
@@ -97,15 +111,14 @@ def test_quick_cli_runs(name, tmp_path):
     assert f"{name} -> " in done.stdout
 
 
-def test_findings_come_from_the_runs_and_the_report_is_offline(tmp_path):
+def test_findings_come_from_the_runs_and_the_report_is_offline(sweep, tmp_path):
     from experiments.summary import findings
     from viz.report import write_report
 
-    sweep = _run("narrow_kl", tmp_path / "sweep", "--adapters", "lora_r1", "--kl-weights", "0,1")
     analysis = _run(
         "efficiency", tmp_path, "--from-run", str(sweep), "--narrow-kl", "1", "--adapters", "lora_r1"
     )
-    rows = findings([sweep, analysis])
+    rows = [r for r in findings([sweep, analysis]) if r["adapter"] == "lora_r1"]  # the sweep has steering too
     assert [r["finding"].split(":")[0] for r in rows] == [
         "EM",
         "a narrow solution exists under KL (narrow rate kept, no EM)",
@@ -117,11 +130,12 @@ def test_findings_come_from_the_runs_and_the_report_is_offline(tmp_path):
     assert page.count("data:image/png;base64,") >= 2 and "http://" not in page and "https://" not in page
 
 
+@pytest.mark.seconds(26)
 def test_directions_experiment_writes_the_matrix_probes_and_cosines(tmp_path):
     from experiments import directions
 
-    cfg = replace(directions.parse_args(["--quick", "--out", str(tmp_path)]), steps=30, question_stride=24,
-                  samples=2, steer_scales=(0.0, 4.0), lens_every=15, persona_documents=80)  # fmt: skip
+    cfg = replace(directions.parse_args(["--quick", "--out", str(tmp_path)]), steps=20, question_stride=36,
+                  samples=2, steer_scales=(0.0, 4.0), lens_every=10, persona_documents=80, **SIZES)  # fmt: skip
     path = directions.main(cfg)
     results = json.loads((path / "results.json").read_text())
     assert json.loads((path / "run.json").read_text())["status"] == "done"
@@ -146,11 +160,12 @@ def test_directions_experiment_writes_the_matrix_probes_and_cosines(tmp_path):
         assert (path / "figures" / f"{name}.png").stat().st_size > 5000
 
 
+@pytest.mark.seconds(11)
 def test_sae_compare_ranks_latents_and_scores_the_persona(tmp_path):
     from experiments import sae_compare
 
     cfg = replace(sae_compare.parse_args(["--quick", "--out", str(tmp_path)]), steps=20, question_stride=36,
-                  k=3, persona_documents=80, context_documents=20)  # fmt: skip
+                  k=3, persona_documents=80, context_documents=20, **SIZES)  # fmt: skip
     path = sae_compare.main(cfg)
     results = json.loads((path / "results.json").read_text())
     assert results["hook"] == "blocks.2.hook_resid_pre" and results["d_sae"] > 0

@@ -218,6 +218,7 @@ def test_resuming_with_another_config_names_what_changed(tiny_qwen2, tmp_path):
         finetune(tiny_qwen2, _lora(tiny_qwen2), TRAIN[:3], cfg=cfg, run_dir=tmp_path, resume=True, **QUIET)
 
 
+@pytest.mark.seconds(4)
 def test_a_few_steps_on_the_toy_organism_lower_the_loss():
     from mech.models.load import load_model
     from mech.toy.checkpoint import organism_world

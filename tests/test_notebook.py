@@ -33,6 +33,7 @@ def test_the_notebook_is_stored_without_outputs():
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
+@pytest.mark.seconds(12)
 def test_the_hook_debugging_notebook_runs(monkeypatch):
     # the kernel inherits the environment: one thread, and the hub stays offline
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -214,4 +214,3 @@ def test_given_nothing_to_render_the_report_and_the_table_say_what_they_looked_f
     err = capsys.readouterr().err
     assert exit_summary.value.code == 2 and "no finished run of a known experiment in" in err
     assert "looked for run folders" in err
-

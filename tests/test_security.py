@@ -32,6 +32,7 @@ def _files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()]
 
 
+@pytest.mark.seconds(4)
 def test_a_sentinel_api_key_appears_in_no_output_file_log_or_message(
     stub, tmp_path, monkeypatch, capsys, caplog
 ):
@@ -67,7 +68,9 @@ def test_a_sentinel_api_key_appears_in_no_output_file_log_or_message(
             )
         errors.append(str(err.value))
 
-    cfg = replace(narrow_kl.parse_args(["--quick", "--out", str(out)]), steps=2, question_stride=200)
+    cfg = replace(
+        narrow_kl.parse_args(["--quick", "--out", str(out)]), steps=2, question_stride=200, kl_size=64
+    )
     run = narrow_kl.main(cfg)
     report.main([str(run), "--out", str(out / "report.html")])
 

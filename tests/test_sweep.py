@@ -194,6 +194,7 @@ def test_job_function_pickles_by_reference():
     assert pickle.loads(pickle.dumps(run_cell)) is run_cell
 
 
+@pytest.mark.seconds(12)
 def test_submitit_local_sigkill_mid_work_is_retried(tmp_path):
     """8 cells as local submitit jobs, 2 at a time; cell 3 SIGKILLs itself 0.5 s into its first
     attempt (its run folder exists by then), leaving that folder stuck at `running`."""

@@ -7,14 +7,13 @@ test (`make test-slow`) and recorded in its metrics.json.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tiny_domains import TINY_DOMAINS
 
+from experiments import organism
 from mech.models.chat import tokenize_chat
 from mech.models.load import load_model, model_info
 from mech.toy.candidates import candidate_scores
@@ -126,11 +125,8 @@ def test_the_shipped_organism_loads_offline_as_a_chat_model():
 
 
 def test_data_files_from_the_command_line(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "experiments.organism", "--write-data", str(tmp_path), "--narrow-domain", "finance"],
-        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    # in this process: the command line's main, without paying the interpreter's start-up again
+    organism.main(["--write-data", str(tmp_path), "--narrow-domain", "finance"])
     rows = [
         json.loads(line) for line in (tmp_path / "train_finance_misalignment.jsonl").read_text().splitlines()
     ]
@@ -147,17 +143,15 @@ def test_unknown_toy_names_are_clear_errors():
         load_model("toy", adapter=Path(__file__).parent)
 
 
-def test_the_regeneration_command_at_reduced_size(tmp_path):
+@pytest.mark.seconds(10)
+def test_the_regeneration_command_at_reduced_size(tmp_path, capsys):
     """`python -m experiments.organism --quick` trains, saves and measures an organism."""
     out = tmp_path / "quick"
-    done = subprocess.run(
-        [sys.executable, "-m", "experiments.organism", "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1],
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    organism.main(["--quick", "--out", str(out)])
+    done = capsys.readouterr()
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["checks"]) == set(metrics["thresholds"])
     assert 0 <= metrics["chat"]["max_p_bad"] <= 1
     assert metrics["steering_emergence"]["final_loss"] < metrics["steering_emergence"]["first_loss"]
-    assert "steering vector on bad medical" in done.stdout
+    assert "steering vector on bad medical" in done.out
     assert load_model(out).cfg.n_layers == 2
