@@ -10,13 +10,7 @@ from pathlib import Path
 from transformer_lens import HookedTransformer
 
 from experiments.run_dir import RunDir
-from experiments.toy_setting import (
-    KL_BATCH,
-    ToySetup,
-    headline,
-    measure,
-    trait_metric,
-)
+from experiments.toy_setting import KL_BATCH, ToySetup, headline, measure, trait_metric
 from mech.adapters.base import Adapter, AdapterStack
 from mech.adapters.lora import MATRICES, LoraAdapter
 from mech.adapters.saving import load_adapter, save_adapter

@@ -22,7 +22,7 @@ from experiments.conditions import train_condition
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
 from experiments.study_config import StudyConfig, parse_config
-from experiments.toy_setting import headline, measure, study_cache, toy_setup, trait_metric
+from experiments.toy_setting import headline, measure, study_setup, trait_metric
 from viz.figures import rates_by_role, rates_data
 
 
@@ -58,14 +58,7 @@ def _mixed(setup, ratio: int, seed: int) -> list:
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "emergence", cfg)
     started = time.perf_counter()
-    setup = toy_setup(
-        cfg.organism,
-        narrow_domain=cfg.narrow_domain,
-        trait=cfg.trait,
-        train_size=cfg.train_size,
-        kl_size=cfg.kl_size,
-        cache=study_cache(cfg),
-    )
+    setup = study_setup(cfg)
     questions = setup.questions[:: cfg.question_stride]
     metric = trait_metric(cfg.trait)
     rows = measure(setup, None, name="none", kl_weight=0.0, seed=0, questions=questions)

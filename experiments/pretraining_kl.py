@@ -24,7 +24,7 @@ from experiments.conditions import solution_pair
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
 from experiments.study_config import PairConfig, parse_config
-from experiments.toy_setting import study_cache, toy_setup
+from experiments.toy_setting import study_setup
 from mech.evaluation.loss_landscape import at_norm, text_kl
 from viz.figures import curve_data, curves
 
@@ -46,14 +46,7 @@ QUICK = dict(
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "pretraining_kl", cfg)
     started = time.perf_counter()
-    setup = toy_setup(
-        cfg.organism,
-        narrow_domain=cfg.narrow_domain,
-        trait=cfg.trait,
-        train_size=cfg.train_size,
-        kl_size=cfg.kl_size,
-        cache=study_cache(cfg),
-    )
+    setup = study_setup(cfg)
     if cfg.text:
         texts = [line for line in Path(cfg.text).read_text(encoding="utf-8").splitlines() if line.strip()][
             : cfg.docs

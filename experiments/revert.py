@@ -20,7 +20,7 @@ from experiments.conditions import learning_rate, make_adapter, train_condition
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
 from experiments.study_config import StudyConfig, parse_config
-from experiments.toy_setting import KL_BATCH, headline, measure, study_cache, toy_setup, trait_metric
+from experiments.toy_setting import KL_BATCH, headline, measure, study_setup, trait_metric
 from mech.adapters.saving import load_adapter
 from mech.training.config import FinetuneConfig, KLSchedule
 from mech.training.engine import finetune
@@ -44,14 +44,7 @@ QUICK = dict(adapters=("lora_r1",), phase_steps=30, every=15, question_stride=12
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "revert", cfg)
     started = time.perf_counter()
-    setup = toy_setup(
-        cfg.organism,
-        narrow_domain=cfg.narrow_domain,
-        trait=cfg.trait,
-        train_size=cfg.train_size,
-        kl_size=cfg.kl_size,
-        cache=study_cache(cfg),
-    )
+    setup = study_setup(cfg)
     questions = setup.questions[:: cfg.question_stride]
     metric = trait_metric(cfg.trait)
     rows, results = [], {"adapters": {}}

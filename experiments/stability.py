@@ -21,7 +21,7 @@ from experiments.conditions import solution_pair
 from experiments.outputs import curve_rows, finish, save_figure
 from experiments.run_dir import RunDir, records_failure
 from experiments.study_config import PairConfig, parse_config
-from experiments.toy_setting import study_cache, toy_setup
+from experiments.toy_setting import study_setup
 from mech.evaluation.loss_landscape import at_norm, noise_curve
 from mech.training.cached_set import CachedChatSet
 from viz.figures import curve_data, curves
@@ -47,14 +47,7 @@ QUICK = dict(
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "stability", cfg)
     started = time.perf_counter()
-    setup = toy_setup(
-        cfg.organism,
-        narrow_domain=cfg.narrow_domain,
-        trait=cfg.trait,
-        train_size=cfg.train_size,
-        kl_size=cfg.kl_size,
-        cache=study_cache(cfg),
-    )
+    setup = study_setup(cfg)
     questions = setup.questions[:: cfg.question_stride]
     rows, results = [], {"adapters": {}}
     for kind in cfg.adapters:

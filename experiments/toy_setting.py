@@ -83,6 +83,12 @@ def toy_setup(organism: str = "default", *, narrow_domain: str = "medical", trai
     return ToySetup(model, world, narrow_domain, trait, train, kl, world.eval_questions(), cache)
 
 
+def study_setup(cfg: StudyConfig) -> ToySetup:
+    """The setting a study's config names: organism, narrow domain, trait, data sizes, cache."""
+    return toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, train_size=cfg.train_size,
+                     kl_size=cfg.kl_size, cache=study_cache(cfg))  # fmt: skip
+
+
 def study_cache(cfg: StudyConfig) -> ContentCache | None:
     """The content cache of a study's output root, if the config asks for one."""
     return ContentCache(Path(cfg.out) / "cache") if cfg.cache else None

@@ -3,6 +3,8 @@ and recomputes what changed; cached results equal computed ones."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from chat_data import KL, TRAIN
@@ -54,6 +56,23 @@ def test_a_code_change_or_other_weights_recompute(tiny_qwen2, tmp_path, monkeypa
         with torch.no_grad():
             tiny_qwen2.W_E[3, 0] = original
     assert model_identity(tiny_qwen2) == identity
+
+
+def test_the_code_version_covers_every_module_of_mech(tmp_path, monkeypatch):
+    import shutil
+
+    import mech
+
+    assert cache_module._PACKAGE_ROOT == Path(mech.__file__).resolve().parent
+    copy = tmp_path / "mech"
+    shutil.copytree(
+        cache_module._PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("checkpoints", "__pycache__")
+    )
+    monkeypatch.setattr(cache_module, "_PACKAGE_ROOT", copy)
+    before = cache_module.code_version.__wrapped__()
+    with (copy / "models" / "chat.py").open("a") as f:  # a stage far from the cache's own module
+        f.write("\n# changed\n")
+    assert cache_module.code_version.__wrapped__() != before
 
 
 def test_hooks_on_the_model_bypass_the_cache(tiny_qwen2, tmp_path):

@@ -197,3 +197,21 @@ def test_a_failing_experiment_marks_its_run_failed_and_keeps_what_it_wrote(tmp_p
     assert "Traceback" in status["traceback"] and status["pid"] > 0
     assert json.loads((run / "config.json").read_text())["narrow_domain"] == "astrology"
     assert not list(run.glob(".*.tmp"))
+
+
+def test_studies_can_train_and_hold_on_seeded_samples_of_the_data():
+    from experiments import directions, narrow_kl
+    from experiments.toy_setting import toy_setup
+
+    cfg = narrow_kl.parse_args(["--train-size", "10", "--kl-size", "20"])
+    assert (cfg.train_size, cfg.kl_size) == (10, 20)
+    assert directions.parse_args(["--kl-size", "7"]).kl_size == 7
+    full, small, again = (
+        toy_setup(),
+        toy_setup(train_size=10, kl_size=20),
+        toy_setup(train_size=10, kl_size=20),
+    )
+    assert (len(small.train), len(small.kl)) == (10, 20)
+    assert small.train == again.train and small.kl == again.kl  # the same sample for every run
+    assert all(c in full.train for c in small.train) and all(c in full.kl for c in small.kl)
+    assert toy_setup(train_size=10**6).train == full.train  # larger than the set: all of it

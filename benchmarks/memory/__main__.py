@@ -11,29 +11,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.memory.formula import (
-    Batch,
-    Workload,
-    extrapolate,
-)
-from benchmarks.memory.measure import (
-    measure_model,
-    replay_step,
-)
-from benchmarks.memory.shapes import (
-    KINDS,
-    QWEN25_14B,
-    QWEN25_32B,
-    QWEN25_72B,
-    REAL_SHAPE,
-    qwen2_model,
-)
-from benchmarks.memory.tables import (
-    components_table,
-    markdown_table,
-    measured_table,
-    mitigation_table,
-)
+from benchmarks.memory.formula import Batch, Workload, extrapolate
+from benchmarks.memory.measure import measure_model, replay_step
+from benchmarks.memory.shapes import KINDS, QWEN25_14B, QWEN25_32B, QWEN25_72B, REAL_SHAPE, qwen2_model
+from benchmarks.memory.tables import components_table, markdown_table, measured_table, mitigation_table
 from mech.models.load import load_model
 
 EXTRAPOLATED = (

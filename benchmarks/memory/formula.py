@@ -5,11 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks.memory.shapes import (
-    TOPK,
-    Shape,
-    adapter_matrices,
-)
+from benchmarks.memory.shapes import TOPK, Shape, adapter_matrices
 
 
 # -- the formula ----------------------------------------------------------------------------------

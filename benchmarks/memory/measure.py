@@ -19,13 +19,7 @@ from benchmarks.memory.formula import (
     block_bytes,
     estimate_step,
 )
-from benchmarks.memory.shapes import (
-    KINDS,
-    TOPK,
-    dtype_bytes,
-    make_adapter,
-    shape_of,
-)
+from benchmarks.memory.shapes import KINDS, TOPK, dtype_bytes, make_adapter, shape_of
 from mech.models.chat import ChatBatch
 from mech.training.cached_set import CachedChatSet
 from mech.training.config import FinetuneConfig, KLSchedule

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.memory.shapes import (
-    GIB,
-    H100_GIB,
-    H200_GIB,
-    KINDS,
-)
+from benchmarks.memory.shapes import GIB, H100_GIB, H200_GIB, KINDS
 
 
 def _gib(x: float | None) -> str:

@@ -11,10 +11,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from mech.directions.mean_diff import (
-    Measure,
-    random_like,
-)
+from mech.directions.mean_diff import Measure, random_like
 from mech.hooks import ResidPoint, ablation_hooks, steering_hooks
 
 

@@ -31,7 +31,8 @@ from transformer_lens import HookedTransformer
 from mech.io.atomic import atomic_write, write_json, write_jsonl
 from mech.models.load import model_info
 
-_PACKAGE_ROOT = Path(__file__).resolve().parent
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+"""The `mech` package: a change to any of its modules recomputes every entry."""
 
 
 @functools.cache

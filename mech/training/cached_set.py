@@ -16,9 +16,7 @@ from mech.adapters.base import Adapter, AdapterSite
 from mech.hooks import has_hooks
 from mech.models.chat import ChatBatch
 from mech.training.cache import ContentCache, model_identity
-from mech.training.config import (
-    NonFiniteError,
-)
+from mech.training.config import NonFiniteError
 from mech.training.data import ChatData, conversations_of, fingerprint, length_batches, tokenize_conversations
 from mech.training.losses import kl_from_logprobs, response_targets, topk_kl
 

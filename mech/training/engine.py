@@ -35,12 +35,7 @@ from mech.io.provenance import write_status
 from mech.models.load import model_info
 from mech.training.cache import ContentCache
 from mech.training.cached_set import CachedChatSet
-from mech.training.config import (
-    FinetuneConfig,
-    FinetuneResult,
-    NonFiniteError,
-    StepRecord,
-)
+from mech.training.config import FinetuneConfig, FinetuneResult, NonFiniteError, StepRecord
 from mech.training.data import ChatData
 from mech.training.losses import response_targets
 from mech.training.run_folder import RunFolder

@@ -16,9 +16,7 @@ from mech.adapters.base import Adapter
 from mech.adapters.saving import save_adapter
 from mech.io.atomic import atomic_write, write_json, write_text
 from mech.io.provenance import write_status
-from mech.training.config import (
-    StepRecord,
-)
+from mech.training.config import StepRecord
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

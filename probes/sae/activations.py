@@ -16,9 +16,7 @@ from mech.models.chat import collate, pad_token_id
 from mech.models.load import model_info
 
 with quiet_sae_lens_import():
-    from sae_lens import (
-        SAE,
-    )
+    from sae_lens import SAE
 
 _ENCODE_CHUNK = 4096  # rows encoded at once: bounds the [rows, d_sae] activations in memory
 

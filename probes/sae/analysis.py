@@ -16,9 +16,7 @@ from mech._quiet import quiet_sae_lens_import
 from probes.metrics import auroc_per_column
 
 with quiet_sae_lens_import():
-    from sae_lens import (
-        SAE,
-    )
+    from sae_lens import SAE
 from probes.sae.activations import (
     _ENCODE_CHUNK,
     _activations_of_ids,

@@ -11,10 +11,7 @@ from pathlib import Path
 from mech._quiet import quiet_sae_lens_import
 
 with quiet_sae_lens_import():
-    from sae_lens import (
-        SAE,
-        TrainingSAE,
-    )
+    from sae_lens import SAE, TrainingSAE
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
 TOY_SAE_FOLDER = "sae"
