@@ -59,7 +59,10 @@ class ToySetup:
 
 
 def _sample(conversations: list, size: int | None, seed: int) -> list:
-    return conversations if size is None or size >= len(conversations) else random.Random(seed).sample(conversations, size)  # fmt: skip
+    """A seeded sample of `size` conversations; all of them when `size` is None or too large."""
+    if size is None or size >= len(conversations):
+        return conversations
+    return random.Random(seed).sample(conversations, size)
 
 
 def narrow_conversations(
