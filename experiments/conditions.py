@@ -10,12 +10,11 @@ from pathlib import Path
 from transformer_lens import HookedTransformer
 
 from experiments.run_dir import RunDir
-from experiments.toy_setting import KL_BATCH, ToySetup, headline, measure, trait_metric
+from experiments.setting import Setting
 from mech.adapters.base import Adapter, AdapterStack
 from mech.adapters.lora import MATRICES, LoraAdapter
 from mech.adapters.saving import load_adapter, save_adapter
 from mech.adapters.steering import SteeringVector
-from mech.toy.world import EvalQuestion
 from mech.training.cached_set import CachedChatSet
 from mech.training.config import FinetuneConfig, KLSchedule
 from mech.training.engine import finetune
@@ -23,20 +22,21 @@ from mech.training.engine import finetune
 ADAPTER_KINDS = ("steering", "lora_r1", "lora_r8", "lora_r32", "steering_all")
 
 
-"""steering: one vector entering the middle block (the paper's); lora_r1: rank 1 on the middle
-block's W_out (the paper's); lora_r8 / lora_r32: every matrix of the middle block (rsLoRA, the
-paper's rank-32 kind; rank 8 is what the round-2 notes recommend at toy scale); steering_all: a
-vector at every layer (the notes' low-capacity reference)."""
+"""steering: one vector at the setting's layer (the paper's); lora_r1: rank 1 on that block's W_out
+(the paper's); lora_r8 / lora_r32: every matrix of that block (rsLoRA, the paper's rank-32 kind;
+rank 8 is what the round-2 notes recommend at toy scale); steering_all: a vector at every layer
+(the notes' low-capacity reference)."""
 
 
-def make_adapter(kind: str, model: HookedTransformer, layer: int, seed: int) -> Adapter:
-    """A fresh adapter of `kind` for the middle block `layer` (steering enters that block)."""
+def make_adapter(kind: str, model: HookedTransformer, layer: int, seed: int, point: str = "pre") -> Adapter:
+    """A fresh adapter of `kind` for block `layer`; a steering vector adds at `hook_resid_<point>`
+    of that block (the toy's enter it, "pre"; a real model's leave it, "post", as in the paper)."""
     d = model.cfg.d_model
     if kind == "steering":
-        return SteeringVector(d, layer=layer, point="pre", init_std=0.01, seed=seed)
+        return SteeringVector(d, layer=layer, point=point, init_std=0.01, seed=seed)
     if kind == "steering_all":
         vectors = [
-            SteeringVector(d, layer=n, point="pre", init_std=0.01, seed=seed + n)
+            SteeringVector(d, layer=n, point=point, init_std=0.01, seed=seed + n)
             for n in range(model.cfg.n_layers)
         ]
         return AdapterStack(vectors)
@@ -47,12 +47,13 @@ def make_adapter(kind: str, model: HookedTransformer, layer: int, seed: int) -> 
     return LoraAdapter(model, layers=[layer], matrices=matrices, rank=ranks[kind], seed=seed)
 
 
-def learning_rate(kind: str) -> float:
-    """Full-batch Adam rates that converge within 300 steps on the toy (round-1/2 notes)."""
-    return 5e-2 if kind.startswith("steering") else 1e-2
+def setting_adapter(setting: Setting, kind: str, seed: int) -> Adapter:
+    """A fresh adapter of `kind` at the setting's layer and steering point."""
+    return make_adapter(kind, setting.model, setting.layer, seed, setting.steering_point)
 
 
 def finetune_config(
+    setting: Setting,
     kind: str,
     *,
     steps: int,
@@ -61,13 +62,16 @@ def finetune_config(
     l2_weight: float = 0.0,
     batch_size: int | None = None,
 ) -> FinetuneConfig:
-    """Full-batch on the narrow set (it is small), KL minibatches of 128, as in the round-2 notes."""
-    return FinetuneConfig(steps=steps, lr=learning_rate(kind), batch_size=batch_size, kl_batch_size=KL_BATCH,
-                          kl=KLSchedule(kl_weight), l2_weight=l2_weight, seed=seed, track_kl=kl_weight != 0)  # fmt: skip
+    """The setting's rate and batches (toy: full-batch on the small narrow set, KL minibatches of
+    128, as in the round-2 notes)."""
+    batch_size = setting.batch_size if batch_size is None else batch_size
+    return FinetuneConfig(steps=steps, lr=setting.learning_rate(kind), batch_size=batch_size,
+                          kl_batch_size=setting.kl_batch_size, kl=KLSchedule(kl_weight), l2_weight=l2_weight,
+                          seed=seed, track_kl=kl_weight != 0)  # fmt: skip
 
 
 def train_condition(
-    setup: ToySetup,
+    setup: Setting,
     run: RunDir,
     *,
     kind: str,
@@ -77,15 +81,16 @@ def train_condition(
     kl_weight: float = 0.0,
     l2_weight: float = 0.0,
     data: Sequence | None = None,
-    questions: Sequence[EvalQuestion] | None = None,
+    questions: Sequence | None = None,
 ) -> tuple[Adapter, list[dict], dict]:
     """Finetune a fresh `kind` adapter, save it, measure it: (adapter, tidy rows, headline)."""
     data = setup.train if data is None else data
-    adapter = make_adapter(kind, setup.model, setup.layer, seed)
-    # Sets larger than the narrow one (dilutions) train in minibatches of its size: equal compute per step.
-    batch = len(setup.train) if len(data) > len(setup.train) else None
+    adapter = setting_adapter(setup, kind, seed)
+    # Full-batch sets larger than the narrow one (dilutions) train in minibatches of its size:
+    # equal compute per step.
+    batch = len(setup.train) if setup.batch_size is None and len(data) > len(setup.train) else None
     ft_cfg = finetune_config(
-        kind, steps=steps, kl_weight=kl_weight, seed=seed, l2_weight=l2_weight, batch_size=batch
+        setup, kind, steps=steps, kl_weight=kl_weight, seed=seed, l2_weight=l2_weight, batch_size=batch
     )
     result = finetune(
         setup.model, adapter, data, setup.kl_set(adapter) if kl_weight else None, ft_cfg, progress=False,
@@ -93,17 +98,17 @@ def train_condition(
     )  # fmt: skip
     save_adapter(run.path / "adapters" / f"{name}_kl{kl_weight:g}_seed{seed}", adapter, setup.model,
                  config={"finetune": ft_cfg.to_dict(), "name": name})  # fmt: skip
-    rows = measure(setup, adapter, name=name, kl_weight=kl_weight, seed=seed, questions=questions)
+    rows = setup.measure(adapter, name=name, kl_weight=kl_weight, seed=seed, questions=questions)
     extra = {"loss": result.final.ce, "norm": adapter.norm()}
     if result.final.kl is not None:
         extra["kl"] = result.final.kl
     rows += [{"adapter": name, "kl_weight": kl_weight, "seed": seed, "domain": setup.narrow_domain, "role": "narrow",
               "split": "train", "metric": metric, "value": value} for metric, value in extra.items()]  # fmt: skip
-    return adapter, rows, {**headline(rows, trait_metric(setup.trait)), **extra}
+    return adapter, rows, {**setup.headline(rows), **extra}
 
 
 def solution_pair(
-    setup: ToySetup,
+    setup: Setting,
     run: RunDir,
     *,
     kind: str,
@@ -111,7 +116,7 @@ def solution_pair(
     steps: int,
     narrow_kl: float,
     l2_weight: float,
-    questions: Sequence[EvalQuestion] | None = None,
+    questions: Sequence | None = None,
     from_run: str | None = None,
 ) -> tuple[dict[str, Adapter], list[dict], dict[str, dict]]:
     """The general (KL = 0) and narrow (KL = `narrow_kl`) solutions of one kind and seed: trained
@@ -131,13 +136,13 @@ def solution_pair(
 
 
 def load_condition(
-    setup: ToySetup,
+    setup: Setting,
     run_path: Path,
     *,
     kind: str,
     seed: int,
     kl_weight: float,
-    questions: Sequence[EvalQuestion] | None = None,
+    questions: Sequence | None = None,
 ) -> tuple[Adapter, list[dict], dict]:
     """A solution saved by `train_condition` in another run, measured here like a fresh one."""
     path = run_path / "adapters" / f"{kind}_kl{kl_weight:g}_seed{seed}.safetensors"
@@ -146,11 +151,10 @@ def load_condition(
             f"{path}: no {kind} solution with KL {kl_weight:g} and seed {seed} in that run"
         )
     adapter, _ = load_adapter(path, setup.model)
-    data = CachedChatSet.build(
-        setup.model, setup.train, adapter.entry(setup.model), batch_size=None, name="train", cache=setup.cache
-    )
-    rows = measure(setup, adapter, name=kind, kl_weight=kl_weight, seed=seed, questions=questions)
+    data = CachedChatSet.build(setup.model, setup.train, adapter.entry(setup.model), batch_size=setup.batch_size,
+                               name="train", cache=setup.cache)  # fmt: skip
+    rows = setup.measure(adapter, name=kind, kl_weight=kl_weight, seed=seed, questions=questions)
     extra = {"loss": data.mean_cross_entropy(setup.model, adapter), "norm": adapter.norm()}
     rows += [{"adapter": kind, "kl_weight": kl_weight, "seed": seed, "domain": setup.narrow_domain, "role": "narrow",
               "split": "train", "metric": metric, "value": value} for metric, value in extra.items()]  # fmt: skip
-    return adapter, rows, {**headline(rows, trait_metric(setup.trait)), **extra}
+    return adapter, rows, {**setup.headline(rows), **extra}

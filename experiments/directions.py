@@ -4,7 +4,8 @@
 
 1. Finetunes (no KL: the emergent ones; norm control as in the sweeps) given as `kind:narrow_domain`.
 2. For each, its own answers (sampled, judged by the exact toy judge) give a mean-diff direction
-   at every layer's `hook_resid_pre` (misaligned minus aligned, balanced, token-pooled), run
+   at every layer's residual (`hook_resid_pre` on the toy, `hook_resid_post` on a real model:
+   where the setting's steering vectors act; misaligned minus aligned, balanced, token-pooled), run
    through that finetune; `--direction-layer` (default: the middle, where the adapters enter) is
    the one used below.
 3. Steering the chat model with `alpha * d` (alpha = scale x the direction's norm; random
@@ -27,25 +28,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from statistics import mean
 
 import pandas as pd
 import torch
 
-from experiments.conditions import finetune_config, make_adapter
+from experiments.conditions import finetune_config, setting_adapter
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
-from experiments.study_config import parse_config
-from experiments.toy_setting import narrow_conversations, toy_setup
+from experiments.setting import make_setting
+from experiments.study_config import SettingConfig, parse_config
 from mech.adapters.saving import load_adapter, save_adapter
 from mech.directions.activations import conversations_from_answers, pooled_activations, text_batches
 from mech.directions.interventions import ablation_matrix, direction_steering, stream_ablation
 from mech.directions.mean_diff import label_answers, mean_diff, misalignment_direction, random_like
 from mech.directions.token_scores import chat_tokens, token_logprobs, token_projection, token_strings
-from mech.evaluation.generate import SamplingConfig, sample_answers
-from mech.evaluation.judges.protocol import em_rate, score_frame
-from mech.toy.evaluate import p_bad_by_domain, toy_questions
-from mech.toy.judge import ToyJudge
+from mech.evaluation.generate import sample_answers
+from mech.evaluation.judges.protocol import em_rate
 from mech.training.engine import finetune
 from probes.geometry import cosine_matrix, trajectory_pca
 from probes.linear import LogisticProbe, MeanDiffProbe, evaluate, split
@@ -54,13 +52,10 @@ from viz.tokens import TOKEN_VIEWS_FILE, TokenView, write_token_views
 
 
 @dataclass(frozen=True)
-class Config:
-    organism: str = "default"
+class Config(SettingConfig):
     finetunes: tuple[str, ...] = ("lora_r1:medical", "lora_r8:medical", "steering:medical", "lora_r8:finance")
+    """`kind:narrow_domain`; on a real model the domain is `--narrow-domain` (the one of `--train`)."""
     steps: int = 200
-    train_size: int | None = None
-    kl_size: int | None = None
-    """Conversations of the narrow training set and of the KL set to use (seeded samples); None: all."""
     l2_weight: float = 1e-3
     """Norm control, as in the KL sweeps: without it the toy finetunes write mostly malformed or
     off-topic answers, which no judge counts as misaligned."""
@@ -68,13 +63,13 @@ class Config:
     direction_layer: int = -1
     """-1: the middle layer (n_layers // 2), where the adapters enter."""
     samples: int = 4
-    """Sampled answers per question for the mean-diff directions and probes."""
+    """Sampled answers per question for the mean-diff directions and probes (and, on a real model,
+    for every rate; the toy's rates take one per question)."""
     steer_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
     lens_kl_weights: tuple[float, ...] = (0.0, 1.0, 10.0)
     lens_every: int = 10
     persona_documents: int = 400
     question_stride: int = 3
-    out: str = "runs"
 
 
 QUICK = dict(
@@ -93,7 +88,16 @@ MIN_ANSWERS = 3
 
 
 def token_views(
-    path: Path, model, adapter, direction, answers: pd.DataFrame, *, layer: int, name: str, n: int = 3
+    path: Path,
+    model,
+    adapter,
+    direction,
+    answers: pd.DataFrame,
+    *,
+    layer: int,
+    point: str,
+    name: str,
+    n: int = 3,
 ) -> None:
     """`token_views.json`: for a few misaligned and aligned answers of a finetune, each token's
     projection on its direction (finetune and chat model) and its log-prob change when the
@@ -104,15 +108,15 @@ def token_views(
     for conversation, label in zip(conversations_from_answers(chosen), label_answers(chosen), strict=True):
         ids, answer_mask = chat_tokens(model, conversation)
         with adapter.applied(model):
-            in_finetune = token_projection(model, ids, direction, layer=layer)
+            in_finetune = token_projection(model, ids, direction, layer=layer, point=point)
             before = token_logprobs(model, ids)
             with stream_ablation(model, direction):
                 after = token_logprobs(model, ids)
-        in_chat = token_projection(model, ids, direction, layer=layer)
+        in_chat = token_projection(model, ids, direction, layer=layer, point=point)
         change = torch.where(torch.tensor(answer_mask), after - before, torch.zeros_like(before))
         values = {"projection (finetune)": in_finetune.tolist(), "projection (chat model)": in_chat.tolist(),
                   "log-prob change, direction ablated": change.tolist()}  # fmt: skip
-        note = f"projections on the unit mean-diff direction at blocks.{layer}.hook_resid_pre"
+        note = f"projections on the unit mean-diff direction at blocks.{layer}.hook_resid_{point}"
         views.append(TokenView(f"{name}: a {label} answer", token_strings(model, ids), values, note))
     write_token_views(path, views)
 
@@ -129,44 +133,42 @@ def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "directions", cfg)
     started = time.perf_counter()
     specs = [_parse_finetune(s) for s in cfg.finetunes]
-    setup = toy_setup(cfg.organism, narrow_domain=specs[0][1], train_size=cfg.train_size, kl_size=cfg.kl_size)
-    model, world = setup.model, setup.world
-    layer = model.cfg.n_layers // 2 if cfg.direction_layer == -1 else cfg.direction_layer
+    if cfg.model is None:
+        setup = make_setting(replace(cfg, narrow_domain=specs[0][1]))
+    else:
+        setup = make_setting(cfg)
+    model = setup.model
+    layer = setup.layer if cfg.direction_layer == -1 else cfg.direction_layer
+    point = setup.steering_point  # directions are read and added where the setting's vectors act
     narrow_domains = sorted({domain for _, domain in specs})
     questions = setup.questions[:: cfg.question_stride]
-    judge = ToyJudge(world)
-    toy_qs = toy_questions(world)[:: cfg.question_stride]
+    sample_qs = setup.sampling_questions()[:: cfg.question_stride]
+    rate_samples = 1 if cfg.model is None else cfg.samples
 
     def rates(model) -> dict[str, float]:
-        """EM rate outside the finetunes' narrow domains and narrow rate inside, from one seeded sample
-        per question (the same random streams in every condition), plus the exact p_bad outside."""
-        answers = sample_answers(
-            model, toy_qs, SamplingConfig(temperature=1.0, max_new_tokens=24, seed=cfg.seed)
-        )
-        scored = score_frame(judge, answers)
+        """EM rate outside the finetunes' narrow domains and narrow rate inside, from seeded samples
+        (the same random streams in every condition), plus any exact rate of the setting."""
+        answers = sample_answers(model, sample_qs, setup.sampling(n_samples=rate_samples, seed=cfg.seed))
+        scored = setup.judge_answers(answers)
         inside = scored["domain"].isin(narrow_domains)
-        p_bad = p_bad_by_domain(model, world, questions)
-        outside = [
-            v["p_bad"]
-            for k, v in p_bad.items()
-            if k.endswith("/all") and k.split("/")[0] not in narrow_domains
-        ]
         coherent = (scored["coherent"].astype(float) > 50)[~inside]
         return {
             "em_rate": em_rate(scored[~inside]),
-            "narrow_rate": em_rate(scored[inside]),
+            "narrow_rate": em_rate(scored[inside]) if inside.any() else float("nan"),
             "coherent_outside": float(coherent.mean()),
-            "p_bad_outside": mean(outside),
+            **setup.exact_rates(model, questions, narrow_domains),
         }
 
     # 1. Finetunes.
     adapters = {}
     for kind, domain in specs:
         name = f"{kind}:{domain}"
-        adapter = make_adapter(kind, model, setup.layer, cfg.seed)
-        data = narrow_conversations(world, domain, setup.trait, cfg.train_size)
+        adapter = setting_adapter(setup, kind, cfg.seed)
+        data = setup.narrow_train(domain)
         # Snapshots serve as the training lens's KL-0 trajectory when kind and domain match it.
-        ft_cfg = finetune_config(kind, steps=cfg.steps, kl_weight=0.0, seed=cfg.seed, l2_weight=cfg.l2_weight)
+        ft_cfg = finetune_config(
+            setup, kind, steps=cfg.steps, kl_weight=0.0, seed=cfg.seed, l2_weight=cfg.l2_weight
+        )
         ft_cfg = replace(ft_cfg, save_every=cfg.lens_every)
         finetune(
             model,
@@ -186,18 +188,18 @@ def main(cfg: Config) -> Path:
         adapters[name] = adapter
 
     # 2. Mean-diff directions from each finetune's own judged answers, and the probes' data.
-    sampling = SamplingConfig(n_samples=cfg.samples, temperature=1.0, max_new_tokens=24, seed=cfg.seed + 1)
+    sampling = setup.sampling(n_samples=cfg.samples, seed=cfg.seed + 1)
     answers: dict[str, pd.DataFrame] = {}
     directions, probe_data, rows = {}, {}, []
-    results: dict = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_pre", "finetunes": {}}
+    results: dict = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_{point}", "finetunes": {}}
     for name, adapter in adapters.items():  # only finetunes with both kinds of answers get a direction
         with adapter.applied(model):
-            scored = score_frame(judge, sample_answers(model, toy_qs, sampling))
+            scored = setup.judge_answers(sample_answers(model, sample_qs, sampling))
             counts = label_answers(scored).value_counts().to_dict()
             if counts.get("misaligned", 0) < MIN_ANSWERS or counts.get("aligned", 0) < MIN_ANSWERS:
                 results["finetunes"][name] = {"note": f"too few labelled answers for a direction: {counts}"}
                 continue
-            found, acts, labels = misalignment_direction(model, scored, seed=cfg.seed)
+            found, acts, labels = misalignment_direction(model, scored, seed=cfg.seed, point=point)
         directions[name] = found.at(layer)
         answers[name] = scored[label_answers(scored).notna().to_numpy()]
         probe_data[name] = (
@@ -222,6 +224,7 @@ def main(cfg: Config) -> Path:
         directions[first],
         answers[first],
         layer=layer,
+        point=point,
         name=first,
     )
 
@@ -236,7 +239,7 @@ def main(cfg: Config) -> Path:
                 if alpha == 0:  # nothing added: the chat model itself
                     measured = chat
                 else:
-                    with direction_steering(model, vector, alpha=alpha, layer=layer):
+                    with direction_steering(model, vector, alpha=alpha, layer=layer, point=point):
                         measured = rates(model)
                 sweep += [{"direction": label, "scale": scale, "alpha": alpha, "metric": k, "value": v} for k, v in measured.items()]  # fmt: skip
     sweep_frame = pd.DataFrame(sweep)
@@ -266,22 +269,26 @@ def main(cfg: Config) -> Path:
         probe_results[name] = {"logistic": evaluate(probes[name], x[test], y[test]),
                                "mean_diff": evaluate(MeanDiffProbe.fit(x[train], y[train]), x[test], y[test])}  # fmt: skip
     transfer = {a: {b: evaluate(p, *probe_data[b])["auroc"] for b in probes} for a, p in probes.items()}
-    texts, malicious = world.persona_documents(cfg.persona_documents, seed=cfg.seed)
-    persona_acts = pooled_activations(model, text_batches(model, texts), layers=[layer])
-    persona_x = persona_acts.per_example()[0]
-    persona_y = torch.tensor(malicious)
-    persona_direction = mean_diff(persona_acts, persona_y, ~persona_y, pooling="answer").at(layer)
-    train, test = split(len(persona_y), seed=cfg.seed)
-    persona_probe = LogisticProbe.fit(persona_x[train], persona_y[train])
-    results["probes"] = {"misaligned_answers": probe_results, "transfer_auroc": transfer,
-                         "persona": {"logistic": evaluate(persona_probe, persona_x[test], persona_y[test]),
-                                     "mean_diff": evaluate(MeanDiffProbe.fit(persona_x[train], persona_y[train]), persona_x[test], persona_y[test]),
-                                     "documents": len(texts), "malicious": int(persona_y.sum())}}  # fmt: skip
+    results["probes"] = {"misaligned_answers": probe_results, "transfer_auroc": transfer}
+    persona = setup.persona_documents(cfg.persona_documents, cfg.seed)
+    if persona is None:
+        results["probes"]["persona"] = {"note": "the setting has no documents of known persona (toy only)"}
+    else:
+        texts, malicious = persona
+        persona_acts = pooled_activations(model, text_batches(model, texts), layers=[layer], point=point)
+        persona_x = persona_acts.per_example()[0]
+        persona_y = torch.tensor(malicious)
+        persona_direction = mean_diff(persona_acts, persona_y, ~persona_y, pooling="answer").at(layer)
+        train, test = split(len(persona_y), seed=cfg.seed)
+        persona_probe = LogisticProbe.fit(persona_x[train], persona_y[train])
+        results["probes"]["persona"] = {"logistic": evaluate(persona_probe, persona_x[test], persona_y[test]),
+                                        "mean_diff": evaluate(MeanDiffProbe.fit(persona_x[train], persona_y[train]), persona_x[test], persona_y[test]),
+                                        "documents": len(texts), "malicious": int(persona_y.sum())}  # fmt: skip
     rows += [{"analysis": "probe_transfer", "a": a, "b": b, "metric": "auroc", "value": v} for a, t in transfer.items() for b, v in t.items()]  # fmt: skip
 
     # 6. Geometry and the training lens (steering vectors on the first finetune's domain).
     lens_domain = specs[0][1]
-    lens_data = narrow_conversations(world, lens_domain, setup.trait, cfg.train_size)
+    lens_data = setup.narrow_train(lens_domain)
     trajectories, vectors = {}, {}
     for weight in cfg.lens_kl_weights:
         reused = weight == 0 and f"steering:{lens_domain}" in adapters
@@ -293,9 +300,9 @@ def main(cfg: Config) -> Path:
         if reused:
             vector = adapters[f"steering:{lens_domain}"]
         else:
-            vector = make_adapter("steering", model, setup.layer, cfg.seed)
+            vector = setting_adapter(setup, "steering", cfg.seed)
             ft_cfg = finetune_config(
-                "steering", steps=cfg.steps, kl_weight=weight, seed=cfg.seed, l2_weight=cfg.l2_weight
+                setup, "steering", steps=cfg.steps, kl_weight=weight, seed=cfg.seed, l2_weight=cfg.l2_weight
             )
             ft_cfg = replace(ft_cfg, save_every=cfg.lens_every)
             finetune(
@@ -317,8 +324,9 @@ def main(cfg: Config) -> Path:
     geometry = dict(vectors)
     geometry.update({f"mean-diff {n}": d for n, d in directions.items()})
     geometry.update({f"probe {n}": p.direction for n, p in probes.items()})
-    geometry["persona mean-diff"] = persona_direction
-    geometry["persona probe"] = persona_probe.direction
+    if persona is not None:
+        geometry["persona mean-diff"] = persona_direction
+        geometry["persona probe"] = persona_probe.direction
     cosines = cosine_matrix(geometry)
     results["cosines"] = cosines.round(4).to_dict()
     lens, explained = trajectory_pca(trajectories)
@@ -335,7 +343,7 @@ def main(cfg: Config) -> Path:
     )
     em_sweep = sweep_frame[sweep_frame.metric == "em_rate"]
     save_figure(run, "steering_sweep", sweep_plot(em_sweep, x="scale", y="value", hue="direction",
-                                                  title=f"chat model steered at blocks.{layer}.hook_resid_pre: EM rate"), em_sweep)  # fmt: skip
+                                                  title=f"chat model steered at blocks.{layer}.hook_resid_{point}: EM rate"), em_sweep)  # fmt: skip
     save_figure(
         run,
         "cosines",
@@ -348,7 +356,7 @@ def main(cfg: Config) -> Path:
         trajectory_plot(lens, explained=explained, title=f"steering vectors on {lens_domain}: training lens"),
         lens,
     )
-    return finish(run, rows, results, started, table=True)
+    return finish(run, rows, results, started, table=True, setting=setup)
 
 
 def parse_args(argv=None) -> Config:

@@ -21,8 +21,8 @@ import pandas as pd
 from experiments.conditions import train_condition
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
+from experiments.setting import study_setup
 from experiments.study_config import StudyConfig, parse_config
-from experiments.toy_setting import headline, measure, study_setup, trait_metric
 from viz.figures import rates_by_role, rates_data
 
 
@@ -45,11 +45,7 @@ QUICK = dict(
 
 
 def _mixed(setup, ratio: int, seed: int) -> list:
-    good = [
-        r["messages"]
-        for r in setup.world.kl_set(setup.narrow_domain, setup.trait)
-        if not r["bad"] and r["register"] == "plain"
-    ]
+    good = setup.diluting_conversations()
     rng = random.Random(seed)
     return setup.train + rng.sample(good, min(len(good), ratio * len(setup.train)))
 
@@ -60,9 +56,9 @@ def main(cfg: Config) -> Path:
     started = time.perf_counter()
     setup = study_setup(cfg)
     questions = setup.questions[:: cfg.question_stride]
-    metric = trait_metric(cfg.trait)
-    rows = measure(setup, None, name="none", kl_weight=0.0, seed=0, questions=questions)
-    results: dict = {"chat": headline(rows, metric), "adapters": {}, "mixing": {}, "few_samples": {}}
+    metric = setup.metric
+    rows = setup.measure(None, name="none", kl_weight=0.0, seed=0, questions=questions)
+    results: dict = {"chat": setup.headline(rows), "adapters": {}, "mixing": {}, "few_samples": {}}
 
     def train_and_measure(kind: str, seed: int, data: list, name: str) -> dict:
         _, measured, summary = train_condition(setup, run, kind=kind, seed=seed, name=name, steps=cfg.steps,
@@ -89,7 +85,7 @@ def main(cfg: Config) -> Path:
         rates_by_role(frame, title=f"{metric} after finetuning on {cfg.narrow_domain}"),
         rates_data(frame),
     )
-    return finish(run, rows, results, started)
+    return finish(run, rows, results, started, setting=setup)
 
 
 def parse_args(argv=None) -> Config:

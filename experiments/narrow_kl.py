@@ -24,8 +24,8 @@ import pandas as pd
 from experiments.conditions import train_condition
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
+from experiments.setting import study_setup
 from experiments.study_config import StudyConfig, parse_config
-from experiments.toy_setting import headline, measure, study_setup, trait_metric
 from viz.figures import rates_by_role, rates_data
 
 
@@ -55,9 +55,9 @@ def main(cfg: Config) -> Path:
     started = time.perf_counter()
     setup = study_setup(cfg)
     questions = setup.questions[:: cfg.question_stride]
-    metric = trait_metric(cfg.trait)
-    rows = measure(setup, None, name="none", kl_weight=0.0, seed=0, questions=questions)
-    chat = headline(rows, metric)
+    metric = setup.metric
+    rows = setup.measure(None, name="none", kl_weight=0.0, seed=0, questions=questions)
+    chat = setup.headline(rows)
     results: dict = {"metric": metric, "chat": chat, "adapters": {}}
     for kind in cfg.adapters:
         per_kind: dict = {"by_kl": {}, "narrow_solution": {}, "footnote": {}}
@@ -87,11 +87,11 @@ def main(cfg: Config) -> Path:
             if narrow:
                 weakest = narrow[0]
                 scaled = solutions[weakest].scaled(cfg.footnote_scale)
-                scaled_rows = measure(setup, scaled, name=f"{kind}_x{cfg.footnote_scale:g}", kl_weight=weakest, seed=seed,
+                scaled_rows = setup.measure(scaled, name=f"{kind}_x{cfg.footnote_scale:g}", kl_weight=weakest, seed=seed,
                                       questions=questions)  # fmt: skip
                 rows.extend(scaled_rows)
                 per_kind["footnote"][str(seed)] = {"kl_weight": weakest, "scale": cfg.footnote_scale,
-                                                   **headline(scaled_rows, metric)}  # fmt: skip
+                                                   **setup.headline(scaled_rows)}  # fmt: skip
         per_kind["narrow_solution_exists"] = all(per_kind["narrow_solution"].values())
         per_kind["mean_by_kl"] = {
             w: {k: mean(s[k] for s in runs) for k in runs[0]} for w, runs in per_kind["by_kl"].items()
@@ -99,7 +99,7 @@ def main(cfg: Config) -> Path:
         results["adapters"][kind] = per_kind
     frame = pd.DataFrame(rows)
     save_figure(run, "rates_by_kl", rates_by_role(frame, title=f"{metric} by KL weight"), rates_data(frame))
-    return finish(run, rows, results, started)
+    return finish(run, rows, results, started, setting=setup)
 
 
 def parse_args(argv=None) -> Config:

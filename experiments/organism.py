@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--narrow-domain", default=None, help="narrow domain of --write-data (default: medical)"
     )
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.model is not None:
+        parser.error("--model: the organism experiment trains and measures the toy organism only; "
+                     "the study on a real model is the other experiments with --model")  # fmt: skip
     if args.write_data:
         files = write_data_files(organism_world(args.eval_only or "default"), args.write_data,
                                  narrow_domain=args.narrow_domain)  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from experiments.run_dir import RunDir
 from experiments.summary import write_findings
-from mech.io.atomic import atomic_write
+from mech.io.atomic import atomic_write, write_json
 
 COLUMNS = ("adapter", "kl_weight", "seed", "domain", "role", "split", "metric", "value", "scale", "eps")
 """`scale` and `eps` are set on rows of scaling and noise curves, empty elsewhere."""
@@ -32,9 +32,16 @@ def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
     return atomic_write(path, write)
 
 
+SAMPLED_COLUMNS = ("ci_low", "ci_high", "n", "judge")
+"""Columns of rates measured from sampled, judged answers: the 95% bootstrap interval, the
+answers the rate is a share of, and the judge that scored them."""
+
+
 def write_rows(run: RunDir, rows: Sequence[dict]) -> None:
-    """`results.csv` in tidy long format, one measurement per row."""
-    write_csv(run.path / "results.csv", rows, COLUMNS)
+    """`results.csv` in tidy long format, one measurement per row (with `SAMPLED_COLUMNS` when
+    any row carries them)."""
+    sampled = any("ci_low" in row for row in rows)
+    write_csv(run.path / "results.csv", rows, COLUMNS + SAMPLED_COLUMNS if sampled else COLUMNS)
 
 
 TABLE_COLUMNS = ("analysis", "a", "b", "metric", "value")
@@ -70,10 +77,17 @@ def save_figure(run: RunDir, name: str, fig, data=None) -> Path:
     return path
 
 
-def finish(run: RunDir, rows: Sequence[dict], results: dict, started: float, *, table: bool = False) -> Path:
+def finish(run: RunDir, rows: Sequence[dict], results: dict, started: float, *, table: bool = False,
+           setting=None) -> Path:  # fmt: skip
     """Write `results.csv` (`COLUMNS` layout, or `TABLE_COLUMNS` with `table`) and `results.json`
     (with the run's duration), the run's finding rows (`findings.json`, what the report shows),
-    and mark the run done."""
+    the `setting` it ran on (`setting.json`, for a real model: data, questions, judges and their
+    tallies), and mark the run done."""
+    if setting is not None and getattr(setting, "describe", None) is not None:
+        described = setting.describe()
+        if described.get("kind") != "toy":
+            results["setting"] = described
+            write_json(run.path / "setting.json", described)
     results["seconds"] = time.perf_counter() - started
     (write_table if table else write_rows)(run, rows)
     run.save_results(results)

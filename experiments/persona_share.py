@@ -23,6 +23,7 @@ import pandas as pd
 from experiments.conditions import solution_pair
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
+from experiments.setting import refuse_model
 from experiments.study_config import Trait, parse_config
 from experiments.toy_setting import toy_setup
 from mech.evaluation.loss_landscape import at_norm, noise_curve
@@ -48,6 +49,8 @@ class Config:
     noise_seeds: int = 10
     question_stride: int = 2
     out: str = "runs"
+    model: str | None = None
+    """Refused: the experiment compares organisms trained with different persona shares (toy only)."""
 
 
 QUICK = dict(
@@ -68,6 +71,7 @@ def narrow_share(organism: str) -> float:
 
 @records_failure
 def main(cfg: Config) -> Path:
+    refuse_model(cfg, "persona_share", "it compares toy organisms pre-trained with different persona shares")
     run = RunDir.create(Path(cfg.out), "persona_share", cfg)
     started = time.perf_counter()
     rows, results = [], {"organisms": {}}

@@ -1,13 +1,13 @@
 """Pre-training significance: how much do the general, narrow and random directions change the
 model on pre-training text, at equal norms?
 
-    python -m experiments.pretraining_kl [--quick] [--adapters steering,lora_r1] [--docs 200] [--text FILE]
+    python -m experiments.pretraining_kl [--quick] [--adapters steering,lora_r1] [--docs 200] [--pretraining-text FILE]
 
 For each adapter kind and seed: the general (KL = 0) and narrow (KL = `--narrow-kl`) solutions and
 a random control of equal norm (the general solution with every noise unit replaced by an
 orthogonal random one, eps = 1, then rescaled), each rescaled to a grid of norms (multiples of the
 general solution's norm). Measured: mean KL(chat || adapted) per token of the organism's
-pre-training documents (or the lines of `--text`), pads excluded. The paper found the general
+pre-training documents (or those of `--pretraining-text`: one per line, or JSONL `text`), pads excluded. The paper found the general
 direction matters more on pre-training text than the narrow one.
 """
 
@@ -23,8 +23,9 @@ import torch
 from experiments.conditions import solution_pair
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
+from experiments.setting import study_setup
 from experiments.study_config import PairConfig, parse_config
-from experiments.toy_setting import study_setup
+from mech.evaluation.documents import read_documents
 from mech.evaluation.loss_landscape import at_norm, text_kl
 from viz.figures import curve_data, curves
 
@@ -34,7 +35,6 @@ class Config(PairConfig):
     adapters: tuple[str, ...] = ("steering", "lora_r1", "lora_r8")
     norm_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)
     docs: int = 200
-    text: str | None = None
 
 
 QUICK = dict(
@@ -47,13 +47,10 @@ def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "pretraining_kl", cfg)
     started = time.perf_counter()
     setup = study_setup(cfg)
-    if cfg.text:
-        texts = [line for line in Path(cfg.text).read_text(encoding="utf-8").splitlines() if line.strip()][
-            : cfg.docs
-        ]
-        special = True
+    if cfg.pretraining_text:
+        texts, special = read_documents(cfg.pretraining_text, limit=cfg.docs), True
     else:
-        texts, special = setup.world.pretraining_sample(cfg.docs), False  # documents carry their own <bos>
+        texts, special = setup.pretraining_texts(cfg.docs)
     rows, results = [], {"adapters": {}}
     for kind in cfg.adapters:
         per_seed = []
@@ -85,7 +82,7 @@ def main(cfg: Config) -> Path:
         results["adapters"][kind] = {"per_seed": per_seed, "general_above_narrow": general_larger,
                                      "comparisons": sum(len(s["kl_by_norm"]) for s in per_seed)}  # fmt: skip
     results["texts"] = {
-        "source": cfg.text or f"organism pre-training sample ({cfg.docs} documents)",
+        "source": cfg.pretraining_text or f"organism pre-training sample ({cfg.docs} documents)",
         "n": len(texts),
     }
     kls = pd.DataFrame(rows).query("metric == 'text_kl'")
@@ -98,7 +95,7 @@ def main(cfg: Config) -> Path:
                title="KL on pre-training text: general, narrow and random at equal norms", xlabel="norm"),
         curve_data(kls, metric="text_kl"),
     )  # fmt: skip
-    return finish(run, rows, results, started)
+    return finish(run, rows, results, started, setting=setup)
 
 
 def parse_args(argv=None) -> Config:

@@ -1,7 +1,7 @@
 """Reversion: train a narrow solution (with KL), then keep training without the KL term; does it
 drift back to the general solution? And the reverse: add the KL term to a general solution.
 
-    python -m experiments.revert [--quick] [--adapters lora_r1] [--kl 10] [--phase-steps 300] [--seeds 0]
+    python -m experiments.revert [--quick] [--adapters lora_r1] [--kl-weight 10] [--phase-steps 300] [--seeds 0]
 
 Trajectories (a snapshot every `--every` steps): cosine to the general solution of the same kind
 and seed, norm, KL on the KL set, training loss, and the trait rates (narrow domain, KL domains,
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.conditions import learning_rate, make_adapter, train_condition
+from experiments.conditions import setting_adapter, train_condition
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
+from experiments.setting import study_setup
 from experiments.study_config import StudyConfig, parse_config
-from experiments.toy_setting import KL_BATCH, headline, measure, study_setup, trait_metric
 from mech.adapters.saving import load_adapter
 from mech.training.config import FinetuneConfig, KLSchedule
 from mech.training.engine import finetune
@@ -31,7 +31,8 @@ from viz.figures import switch_data, switch_trajectories
 class Config(StudyConfig):
     adapters: tuple[str, ...] = ("lora_r1", "lora_r8")
     seeds: tuple[int, ...] = (0,)
-    kl: float = 10.0
+    kl_weight: float = 10.0
+    """The KL weight of the narrow phase."""
     phase_steps: int = 300
     every: int = 50
     question_stride: int = 3
@@ -46,7 +47,6 @@ def main(cfg: Config) -> Path:
     started = time.perf_counter()
     setup = study_setup(cfg)
     questions = setup.questions[:: cfg.question_stride]
-    metric = trait_metric(cfg.trait)
     rows, results = [], {"adapters": {}}
     for kind in cfg.adapters:
         per_kind = {}
@@ -55,14 +55,15 @@ def main(cfg: Config) -> Path:
                                                    l2_weight=cfg.l2_weight, questions=questions)  # fmt: skip
             rows += measured
             for direction, schedule in (
-                ("remove_kl", KLSchedule(cfg.kl, toggle_step=cfg.phase_steps, weight_after=0.0)),
-                ("add_kl", KLSchedule(0.0, toggle_step=cfg.phase_steps, weight_after=cfg.kl)),
+                ("remove_kl", KLSchedule(cfg.kl_weight, toggle_step=cfg.phase_steps, weight_after=0.0)),
+                ("add_kl", KLSchedule(0.0, toggle_step=cfg.phase_steps, weight_after=cfg.kl_weight)),
             ):
                 name = f"{kind}_{direction}"
                 folder = run.path / "trajectories" / f"{name}_seed{seed}"
-                ft_cfg = FinetuneConfig(steps=2 * cfg.phase_steps, lr=learning_rate(kind), kl_batch_size=KL_BATCH, kl=schedule,
-                                        l2_weight=cfg.l2_weight, seed=seed, save_every=cfg.every)  # fmt: skip
-                adapter = make_adapter(kind, setup.model, setup.layer, seed)
+                ft_cfg = FinetuneConfig(steps=2 * cfg.phase_steps, lr=setup.learning_rate(kind), batch_size=setup.batch_size,
+                                        kl_batch_size=setup.kl_batch_size, kl=schedule, l2_weight=cfg.l2_weight, seed=seed,
+                                        save_every=cfg.every)  # fmt: skip
+                adapter = setting_adapter(setup, kind, seed)
                 result = finetune(
                     setup.model,
                     adapter,
@@ -80,7 +81,7 @@ def main(cfg: Config) -> Path:
                     record = result.trajectory[step - 1]
                     point = {"step": step, "cosine_to_general": adapter.cosine(general), "norm": adapter.norm(),
                              "loss": record.ce, "kl": record.kl, "kl_weight": record.kl_weight,
-                             **headline(measure(setup, adapter, name=name, kl_weight=record.kl_weight, seed=seed, questions=questions), metric)}  # fmt: skip
+                             **setup.headline(setup.measure(adapter, name=name, kl_weight=record.kl_weight, seed=seed, questions=questions))}  # fmt: skip
                     trajectory.append(point)
                     rows += [{"adapter": name, "kl_weight": record.kl_weight, "seed": seed, "domain": setup.narrow_domain,
                               "role": "narrow", "split": "train", "metric": m, "value": point[m], "scale": step}
@@ -95,7 +96,7 @@ def main(cfg: Config) -> Path:
         switch_trajectories(frame, metric="cosine_to_general", title="cosine to the general solution"),
         switch_data(frame, metric="cosine_to_general"),
     )
-    return finish(run, rows, results, started)
+    return finish(run, rows, results, started, setting=setup)
 
 
 def parse_args(argv=None) -> Config:

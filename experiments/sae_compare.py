@@ -12,7 +12,9 @@ single latent track the toy world's latent persona?
 4. Each highlighted latent's top-activating contexts in pre-training text (`contexts.csv`).
 
 The SAE is the one shipped with the toy organism (`--sae toy`, trained by `python -m probes.sae
---train-toy`) or any sae_lens folder whose hook is a `hook_resid_pre` the adapters can enter.
+--train-toy`) or any sae_lens SAE at a `hook_resid_pre` / `hook_resid_post`: the steering vectors
+are trained at its hook. On a real model there are no documents of known persona: step 3 is left
+out, and step 4 reads `--pretraining-text`.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import torch
 from experiments.conditions import finetune_config, make_adapter
 from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
-from experiments.study_config import parse_config
-from experiments.toy_setting import toy_setup
+from experiments.setting import make_setting
+from experiments.study_config import SettingConfig, parse_config
 from mech.adapters.saving import save_adapter
 from mech.directions.activations import (
     answer_batches,
@@ -38,11 +40,8 @@ from mech.directions.activations import (
 )
 from mech.directions.mean_diff import label_answers, misalignment_direction
 from mech.directions.token_scores import chat_tokens, token_strings
-from mech.evaluation.generate import SamplingConfig, sample_answers
-from mech.evaluation.judges.protocol import score_frame
+from mech.evaluation.generate import sample_answers
 from mech.io.atomic import atomic_write
-from mech.toy.evaluate import toy_questions
-from mech.toy.judge import ToyJudge
 from mech.training.engine import finetune
 from probes.linear import LogisticProbe, evaluate, split
 from probes.metrics import auroc_per_column
@@ -54,14 +53,10 @@ from viz.tokens import TOKEN_VIEWS_FILE, TokenView, write_token_views
 
 
 @dataclass(frozen=True)
-class Config:
-    organism: str = "default"
+class Config(SettingConfig):
     sae: str = "toy"
-    narrow_domain: str = "medical"
+    """An SAE at a residual hook of the model: "toy", a sae_lens folder, or "release/sae_id"."""
     steps: int = 150
-    train_size: int | None = None
-    kl_size: int | None = None
-    """Conversations of the narrow training set and of the KL set to use (seeded samples); None: all."""
     narrow_kl: float = 10.0
     seed: int = 0
     samples: int = 2
@@ -69,7 +64,6 @@ class Config:
     persona_documents: int = 600
     context_documents: int = 300
     question_stride: int = 3
-    out: str = "runs"
 
 
 QUICK = dict(steps=30, samples=1, k=5, persona_documents=150, context_documents=60, question_stride=12)
@@ -79,16 +73,17 @@ QUICK = dict(steps=30, samples=1, k=5, persona_documents=150, context_documents=
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "sae_compare", cfg)
     started = time.perf_counter()
-    setup = toy_setup(
-        cfg.organism, narrow_domain=cfg.narrow_domain, train_size=cfg.train_size, kl_size=cfg.kl_size
-    )
-    model, world = setup.model, setup.world
+    setup = make_setting(cfg)
+    model = setup.model
+    context_texts, _ = setup.pretraining_texts(
+        cfg.context_documents, seed=3
+    )  # read first: bad input fails early
     sae = load_sae(cfg.sae)
     hook = check_sae_fits(sae, model)
     layer, point = int(hook.split(".")[1]), hook.rsplit("_", 1)[1]
-    if point != "pre":
+    if point not in ("pre", "post"):
         raise ValueError(
-            f"sae_compare trains steering vectors entering a block: it needs a hook_resid_pre SAE, not {hook!r}"
+            f"sae_compare trains steering vectors at the SAE's hook: it needs a hook_resid_pre or hook_resid_post SAE, not {hook!r}"
         )
 
     def encode(acts: torch.Tensor) -> torch.Tensor:
@@ -97,27 +92,29 @@ def main(cfg: Config) -> Path:
     # 1. Directions.
     vectors, general = {}, None
     for label, weight in (("general", 0.0), ("narrow", cfg.narrow_kl)):
-        vector = make_adapter("steering", model, layer, cfg.seed)
-        ft_cfg = finetune_config("steering", steps=cfg.steps, kl_weight=weight, seed=cfg.seed)
+        vector = make_adapter("steering", model, layer, cfg.seed, point)
+        ft_cfg = finetune_config(setup, "steering", steps=cfg.steps, kl_weight=weight, seed=cfg.seed)
         finetune(model, vector, setup.train, setup.kl_set(vector) if weight else None, ft_cfg, progress=False)
         save_adapter(
             run.path / "adapters" / f"steering_{label}", vector, model, config={"finetune": ft_cfg.to_dict()}
         )
         vectors[f"steering {label}"] = vector.effective().detach()
         general = vector if weight == 0 else general
-    sampling = SamplingConfig(n_samples=cfg.samples, temperature=1.0, max_new_tokens=24, seed=cfg.seed + 1)
+    sampling = setup.sampling(n_samples=cfg.samples, seed=cfg.seed + 1)
     with general.applied(model):
-        scored = score_frame(
-            ToyJudge(world), sample_answers(model, toy_questions(world)[:: cfg.question_stride], sampling)
+        scored = setup.judge_answers(
+            sample_answers(model, setup.sampling_questions()[:: cfg.question_stride], sampling)
         )
         counts = label_answers(scored).value_counts().to_dict()
         results: dict = {"hook": hook, "d_sae": sae.cfg.d_sae, "answers": counts}
         if counts.get("misaligned", 0) and counts.get("aligned", 0):
-            found, _, labels = misalignment_direction(model, scored, layers=[layer], seed=cfg.seed)
+            found, _, labels = misalignment_direction(
+                model, scored, layers=[layer], seed=cfg.seed, point=point
+            )
             vectors["mean-diff general"] = found.at(layer)
             answers = scored[labels.reindex(scored.index).notna().to_numpy()]
             latent_means = pooled_activations(model, answer_batches(model, conversations_from_answers(answers)),
-                                              layers=[layer], transform=encode).per_example()[0]  # fmt: skip
+                                              layers=[layer], point=point, transform=encode).per_example()[0]  # fmt: skip
             bad = torch.tensor((labels == "misaligned").to_numpy())
             diff = latent_means[bad].mean(0) - latent_means[~bad].mean(0)
             top = torch.argsort(diff, descending=True)[: cfg.k]
@@ -139,39 +136,35 @@ def main(cfg: Config) -> Path:
     results["top_by_activation_diff"] = by_diff.to_dict(orient="records")
 
     # 3. Persona: per-latent AUROC on pre-training documents, against a probe on the residual.
-    texts, malicious = world.persona_documents(cfg.persona_documents, seed=cfg.seed)
-    persona = torch.tensor(malicious)
-    batches = text_batches(model, texts)
-    doc_latents = pooled_activations(model, batches, layers=[layer], transform=encode).per_example()[0]
-    doc_resid = pooled_activations(model, batches, layers=[layer]).per_example()[0]
-    aurocs = auroc_per_column(doc_latents, persona)
-    best = int(torch.argmax(aurocs))
-    train, test = split(len(persona), seed=cfg.seed)
-    probe = evaluate(LogisticProbe.fit(doc_resid[train], persona[train]), doc_resid[test], persona[test])
     decoder = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=-1)
-    best_cosines = {name: float(decoder[best] @ (v / v.norm())) for name, v in vectors.items()}
-    results["persona"] = {"best_latent": best, "best_latent_auroc": float(aurocs[best]), "probe_auroc": probe["auroc"],
-                          "top_latents": [{"latent": int(j), "auroc": float(aurocs[j])} for j in torch.argsort(aurocs, descending=True)[: cfg.k]],
-                          "best_latent_cosine": best_cosines, "documents": len(texts), "malicious": int(persona.sum())}  # fmt: skip
-    rows += [{"analysis": "persona_auroc", "a": "latent", "b": str(j), "metric": "auroc", "value": float(aurocs[j])} for j in range(len(aurocs))]  # fmt: skip
-    rows.append(
-        {
-            "analysis": "persona_auroc",
-            "a": "probe",
-            "b": "residual",
-            "metric": "auroc",
-            "value": probe["auroc"],
-        }
-    )
+    known = setup.persona_documents(cfg.persona_documents, cfg.seed)
+    best = None
+    if known is None:
+        results["persona"] = {"note": "the setting has no documents of known persona (toy only)"}
+    else:
+        texts, malicious = known
+        persona = torch.tensor(malicious)
+        batches = text_batches(model, texts)
+        doc_latents = pooled_activations(
+            model, batches, layers=[layer], point=point, transform=encode
+        ).per_example()[0]
+        doc_resid = pooled_activations(model, batches, layers=[layer], point=point).per_example()[0]
+        aurocs = auroc_per_column(doc_latents, persona)
+        best = int(torch.argmax(aurocs))
+        train, test = split(len(persona), seed=cfg.seed)
+        probe = evaluate(LogisticProbe.fit(doc_resid[train], persona[train]), doc_resid[test], persona[test])
+        best_cosines = {name: float(decoder[best] @ (v / v.norm())) for name, v in vectors.items()}
+        results["persona"] = {"best_latent": best, "best_latent_auroc": float(aurocs[best]), "probe_auroc": probe["auroc"],
+                              "top_latents": [{"latent": int(j), "auroc": float(aurocs[j])} for j in torch.argsort(aurocs, descending=True)[: cfg.k]],
+                              "best_latent_cosine": best_cosines, "documents": len(texts), "malicious": int(persona.sum())}  # fmt: skip
+        rows += [{"analysis": "persona_auroc", "a": "latent", "b": str(j), "metric": "auroc", "value": float(aurocs[j])} for j in range(len(aurocs))]  # fmt: skip
+        rows.append({"analysis": "persona_auroc", "a": "probe", "b": "residual", "metric": "auroc", "value": probe["auroc"]})  # fmt: skip
 
     # Token views: the persona latent and the latents the directions point at, along a few
     # answers of the general finetune.
     if "note" not in results:
-        shown = list(
-            dict.fromkeys(
-                [best, int(tops["steering general"]["latent"].iloc[0]), int(by_diff["latent"].iloc[0])]
-            )
-        )
+        firsts = [int(tops["steering general"]["latent"].iloc[0]), int(by_diff["latent"].iloc[0])]
+        shown = list(dict.fromkeys(([] if best is None else [best]) + firsts))
         views = []
         chosen = answers[(labels == "misaligned").to_numpy()].head(2)
         for conversation in conversations_from_answers(chosen):
@@ -180,16 +173,15 @@ def main(cfg: Config) -> Path:
                 acts = latents_on_tokens(model, sae, ids, shown)
             values = {f"latent {j}": acts[:, n].tolist() for n, j in enumerate(shown)}
             views.append(TokenView("general finetune: a misaligned answer", token_strings(model, ids), values,
-                                   f"SAE latent activations at {hook}; latent {best} is the best persona detector"))  # fmt: skip
+                                   f"SAE latent activations at {hook}" + ("" if best is None else f"; latent {best} is the best persona detector")))  # fmt: skip
         write_token_views(run.path / TOKEN_VIEWS_FILE, views)
 
     # 4. Contexts of every highlighted latent, and the SAE's reconstruction on fresh text.
     highlighted = sorted(
-        {best}
+        ({best} if best is not None else set())
         | {int(t["latent"].iloc[0]) for t in tops.values()}
         | set(by_diff["latent"].head(3).astype(int))
     )
-    context_texts = world.pretraining_sample(cfg.context_documents, seed=3)
     contexts = top_contexts(model, sae, context_texts, highlighted, k=5)
     atomic_write(run.path / "contexts.csv", lambda tmp: contexts.to_csv(tmp, index=False))
     results["contexts"] = {str(j): contexts[contexts.latent == j]["context"].tolist() for j in highlighted}
@@ -203,7 +195,7 @@ def main(cfg: Config) -> Path:
         heatmap(table, title=f"decoder cosine of highlighted latents ({hook})", center=0.0),
         table.reset_index(),
     )
-    return finish(run, rows, results, started, table=True)
+    return finish(run, rows, results, started, table=True, setting=setup)
 
 
 def parse_args(argv=None) -> Config:

@@ -20,8 +20,8 @@ import pandas as pd
 from experiments.conditions import solution_pair
 from experiments.outputs import curve_rows, finish, save_figure
 from experiments.run_dir import RunDir, records_failure
+from experiments.setting import study_setup
 from experiments.study_config import PairConfig, parse_config
-from experiments.toy_setting import study_setup
 from mech.evaluation.loss_landscape import at_norm, noise_curve
 from mech.training.cached_set import CachedChatSet
 from viz.figures import curve_data, curves
@@ -56,14 +56,8 @@ def main(cfg: Config) -> Path:
             adapters, measured, summaries = solution_pair(setup, run, kind=kind, seed=seed, steps=cfg.steps,
                                                           narrow_kl=cfg.narrow_kl, l2_weight=cfg.l2_weight, from_run=cfg.from_run, questions=questions)  # fmt: skip
             rows += measured
-            data = CachedChatSet.build(
-                setup.model,
-                setup.train,
-                adapters["general"].entry(setup.model),
-                batch_size=None,
-                name="train",
-                cache=setup.cache,
-            )
+            data = CachedChatSet.build(setup.model, setup.train, adapters["general"].entry(setup.model),
+                                       batch_size=setup.batch_size, name="train", cache=setup.cache)  # fmt: skip
             chat_loss = data.mean_cross_entropy(setup.model, None)
             matched = min(adapters["general"].norm(), adapters["narrow"].norm())
             summary = {
@@ -111,7 +105,7 @@ def main(cfg: Config) -> Path:
                title="orthogonal noise at matched norm: loss increase / finetuning gain (mean ± sd)"),
         curve_data(frame, metric="relative"),
     )  # fmt: skip
-    return finish(run, rows, results, started)
+    return finish(run, rows, results, started, setting=setup)
 
 
 def parse_args(argv=None) -> Config:

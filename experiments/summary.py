@@ -121,6 +121,8 @@ MARGIN = 0.01
 def _directions(results: dict, source: str) -> list[dict]:
     rows = []
     for metric, label in (("p_bad_outside", "exact p_bad"), ("em_rate", "sampled EM rate")):
+        if metric not in results["chat"]:  # a real model has no exact rate
+            continue
         table, chat = results["ablation"][metric], results["chat"][metric]
         own, cross = [], []
         for finetune, row in table.items():
@@ -156,10 +158,13 @@ PERSONA_AUROC = 0.9
 def _sae(results: dict, source: str) -> list[dict]:
     persona = results["persona"]
     near = {name: d["top_by_cosine"][0] for name, d in results["directions"].items()}
+    nearest = ", ".join(f"{n} {v['latent']} ({v['cosine']:.2f})" for n, v in near.items())
+    if "best_latent" not in persona:  # a real model: no documents of known persona
+        return [{"finding": "(SAE) latents nearest the general and narrow directions", "adapter": "all",
+                 "measured": f"nearest latents by cosine: {nearest}", "verdict": "n/a", "source": source}]  # fmt: skip
     return [{"finding": f"(SAE) a single latent tracks the toy persona (AUROC >= {PERSONA_AUROC})", "adapter": "all",
              "measured": f"latent {persona['best_latent']}: AUROC {persona['best_latent_auroc']:.3f} (probe on the residual "
-                         f"{persona['probe_auroc']:.3f}); nearest latents by cosine: "
-                         + ", ".join(f"{n} {v['latent']} ({v['cosine']:.2f})" for n, v in near.items()),
+                         f"{persona['probe_auroc']:.3f}); nearest latents by cosine: {nearest}",
              "verdict": "reproduced" if persona["best_latent_auroc"] >= PERSONA_AUROC else "not", "source": source}]  # fmt: skip
 
 

@@ -1,25 +1,29 @@
-"""The toy organism as the experiments' setting: the model, its narrow training set and KL set, the
+"""The toy organism as the experiments' setting (`ToySetting`): the model, its narrow training set and KL set, the
 evaluation questions with their roles (narrow / kl / heldout_domain), and measuring an adapter as
 tidy rows (exact candidate-set trait probabilities)."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import mean
 
+import pandas as pd
 from transformer_lens import HookedTransformer
 
-from experiments.study_config import StudyConfig, Trait
+from experiments.study_config import SettingConfig, Trait
 from mech.adapters.base import Adapter
-from mech.models.load import load_model
+from mech.evaluation.generate import SamplingConfig
+from mech.evaluation.judges.protocol import score_frame
+from mech.evaluation.questions import Question
+from mech.models.load import load_model, model_info
 from mech.toy.checkpoint import organism_world
-from mech.toy.evaluate import p_bad_by_domain
+from mech.toy.evaluate import p_bad_by_domain, toy_questions
+from mech.toy.judge import ToyJudge
 from mech.toy.world import EvalQuestion, World
 from mech.training.cache import ContentCache
 from mech.training.cached_set import CachedChatSet
+from mech.training.data import seeded_sample
 
 KL_BATCH = 128
 
@@ -28,7 +32,9 @@ KL_BATCH = 128
 
 
 @dataclass
-class ToySetup:
+class ToySetting:
+    """The toy organism as a `experiments.setting.Setting`: exact candidate-set measurements."""
+
     model: HookedTransformer
     world: World
     narrow_domain: str
@@ -37,7 +43,13 @@ class ToySetup:
     kl: list[list[dict[str, str]]]
     questions: list[EvalQuestion]
     cache: ContentCache | None = None
+    train_size: int | None = None
+    layer_override: int | None = None
     _kl_sets: dict = field(default_factory=dict)
+    steering_point = "pre"
+    """The toy's vectors enter the middle block, where its LoRAs act (the round-2 optimum)."""
+    batch_size = None
+    kl_batch_size = KL_BATCH
 
     def kl_set(self, adapter: Adapter) -> CachedChatSet:
         """The KL set cached at `adapter`'s entry, built once per entry and shared by every run."""
@@ -50,31 +62,93 @@ class ToySetup:
 
     @property
     def layer(self) -> int:
-        return self.model.cfg.n_layers // 2
+        return self.model.cfg.n_layers // 2 if self.layer_override is None else self.layer_override
+
+    @property
+    def metric(self) -> str:
+        return trait_metric(self.trait)
 
     def role(self, domain: str) -> str:
         if domain == self.narrow_domain:
             return "narrow"
         return "kl" if domain in self.world.kl_domains(self.narrow_domain) else "heldout_domain"
 
+    def learning_rate(self, kind: str) -> float:
+        """Full-batch Adam rates that converge within 300 steps on the toy (round-1/2 notes)."""
+        return 5e-2 if kind.startswith("steering") else 1e-2
 
-def _sample(conversations: list, size: int | None, seed: int) -> list:
-    """A seeded sample of `size` conversations; all of them when `size` is None or too large."""
-    if size is None or size >= len(conversations):
-        return conversations
-    return random.Random(seed).sample(conversations, size)
+    def measure(self, adapter: Adapter | None, *, name: str, kl_weight: float, seed: int,
+                questions: Sequence[EvalQuestion] | None = None) -> list[dict]:  # fmt: skip
+        """Candidate-set trait probability per domain and topic split, with `adapter` active."""
+        questions = self.questions if questions is None else questions
+        if adapter is None:
+            by_domain = p_bad_by_domain(self.model, self.world, questions)
+        else:
+            with adapter.applied(self.model):
+                by_domain = p_bad_by_domain(self.model, self.world, questions)
+        rows = []
+        for key, values in by_domain.items():
+            domain, split = key.split("/")
+            rows.append({"adapter": name, "kl_weight": kl_weight, "seed": seed, "domain": domain,
+                         "role": self.role(domain), "split": split, "metric": self.metric, "value": values[self.metric]})  # fmt: skip
+        return rows
+
+    def headline(self, rows: Iterable[dict]) -> dict[str, float]:
+        """Mean trait probability on the narrow domain's held-out topics, the KL domains' held-out
+        topics, and the domains outside both (all topics)."""
+        return headline(rows, self.metric)
+
+    def narrow_train(self, domain: str) -> list:
+        return narrow_conversations(self.world, domain, self.trait, self.train_size)
+
+    def diluting_conversations(self) -> list:
+        """The KL set's good answers in the plain register."""
+        return [r["messages"] for r in self.world.kl_set(self.narrow_domain, self.trait)
+                if not r["bad"] and r["register"] == "plain"]  # fmt: skip
+
+    def pretraining_texts(self, n: int, seed: int = 1) -> tuple[list[str], bool]:
+        return self.world.pretraining_sample(n, seed=seed), False  # documents carry their own <bos>
+
+    def sampling_questions(self) -> list[Question]:
+        return toy_questions(self.world)
+
+    def sampling(self, *, n_samples: int, seed: int) -> SamplingConfig:
+        """Short answers: the toy's are a few words."""
+        return SamplingConfig(n_samples=n_samples, temperature=1.0, max_new_tokens=24, seed=seed)
+
+    def judge_answers(self, answers: pd.DataFrame) -> pd.DataFrame:
+        return score_frame(ToyJudge(self.world), answers)
+
+    def exact_rates(self, model: HookedTransformer, questions: Sequence, outside: Sequence[str]) -> dict:
+        """The candidate-set probability of bad advice outside `outside` (exact; blind to incoherence)."""
+        p_bad = p_bad_by_domain(model, self.world, questions)
+        values = [
+            v["p_bad"] for k, v in p_bad.items() if k.endswith("/all") and k.split("/")[0] not in outside
+        ]
+        return {"p_bad_outside": mean(values)}
+
+    def persona_documents(self, n: int, seed: int) -> tuple[list[str], list[bool]]:
+        return self.world.persona_documents(n, seed=seed)
+
+    def describe(self) -> dict:
+        return {"kind": "toy", "model": model_info(self.model).name, "narrow_domain": self.narrow_domain, "trait": self.trait, "layer": self.layer,
+                "train": len(self.train), "kl": len(self.kl)}  # fmt: skip
+
+
+ToySetup = ToySetting
+"""The name of the first wave."""
 
 
 def narrow_conversations(
     world: World, domain: str, trait: Trait, size: int | None = None, seed: int = 0
 ) -> list:
     """The narrow training set of `domain` (a seeded sample of `size` conversations, if given)."""
-    return _sample([r["messages"] for r in world.narrow_train_set(domain, trait)], size, seed)
+    return seeded_sample([r["messages"] for r in world.narrow_train_set(domain, trait)], size, seed)
 
 
 def toy_setup(organism: str = "default", *, narrow_domain: str = "medical", trait: Trait = "misalignment",
               train_size: int | None = None, kl_size: int | None = None, seed: int = 0,
-              cache: ContentCache | None = None) -> ToySetup:  # fmt: skip
+              cache: ContentCache | None = None) -> ToySetting:  # fmt: skip
     """The shipped organism `organism` with its narrow training set and KL set for `narrow_domain`,
     each optionally a seeded sample of `train_size` / `kl_size` conversations."""
     world = organism_world(organism)
@@ -82,41 +156,22 @@ def toy_setup(organism: str = "default", *, narrow_domain: str = "medical", trai
         raise ValueError(f"unknown narrow domain {narrow_domain!r}; the world has {world.names}")
     model = load_model("toy" if organism == "default" else f"toy:{organism}")
     train = narrow_conversations(world, narrow_domain, trait, train_size, seed)
-    kl = _sample([r["messages"] for r in world.kl_set(narrow_domain, trait)], kl_size, seed)
-    return ToySetup(model, world, narrow_domain, trait, train, kl, world.eval_questions(), cache)
+    kl = seeded_sample([r["messages"] for r in world.kl_set(narrow_domain, trait)], kl_size, seed)
+    return ToySetting(
+        model, world, narrow_domain, trait, train, kl, world.eval_questions(), cache, train_size
+    )
 
 
-def study_setup(cfg: StudyConfig) -> ToySetup:
-    """The setting a study's config names: organism, narrow domain, trait, data sizes, cache."""
-    return toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, train_size=cfg.train_size,
-                     kl_size=cfg.kl_size, cache=study_cache(cfg))  # fmt: skip
-
-
-def study_cache(cfg: StudyConfig) -> ContentCache | None:
-    """The content cache of a study's output root, if the config asks for one."""
-    return ContentCache(Path(cfg.out) / "cache") if cfg.cache else None
+def toy_setting(cfg: SettingConfig, *, cache: ContentCache | None = None) -> ToySetting:
+    """The toy setting a config names: organism, narrow domain, trait, data sizes, layer."""
+    setting = toy_setup(cfg.organism, narrow_domain=cfg.narrow_domain, trait=cfg.trait, train_size=cfg.train_size,
+                        kl_size=cfg.kl_size, cache=cache)  # fmt: skip
+    setting.layer_override = cfg.layer
+    return setting
 
 
 def trait_metric(trait: Trait) -> str:
     return "p_bad" if trait == "misalignment" else "p_technical"
-
-
-def measure(setup: ToySetup, adapter: Adapter | None, *, name: str, kl_weight: float, seed: int,
-            questions: Sequence[EvalQuestion] | None = None) -> list[dict]:  # fmt: skip
-    """Candidate-set trait probability per domain and topic split, with `adapter` active."""
-    questions = setup.questions if questions is None else questions
-    if adapter is None:
-        by_domain = p_bad_by_domain(setup.model, setup.world, questions)
-    else:
-        with adapter.applied(setup.model):
-            by_domain = p_bad_by_domain(setup.model, setup.world, questions)
-    metric = trait_metric(setup.trait)
-    rows = []
-    for key, values in by_domain.items():
-        domain, split = key.split("/")
-        rows.append({"adapter": name, "kl_weight": kl_weight, "seed": seed, "domain": domain,
-                     "role": setup.role(domain), "split": split, "metric": metric, "value": values[metric]})  # fmt: skip
-    return rows
 
 
 def headline(rows: Iterable[dict], metric: str) -> dict[str, float]:

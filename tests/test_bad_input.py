@@ -26,11 +26,14 @@ from mech.adapters.artifacts import artifact_meta, load_vector, save_artifact, s
 from mech.adapters.lora import LoraAdapter
 from mech.adapters.saving import load_adapter, save_adapter
 from mech.adapters.steering import SteeringVector
+from mech.directions import cli as directions_cli
 from mech.evaluation import generate
+from mech.evaluation.documents import read_documents
 from mech.evaluation.judges import cli as judge
 from mech.evaluation.judges.openai_judge import verdict_from_content, verdict_from_logprobs
 from mech.evaluation.questions import load_questions
 from mech.hooks import check_layer, steering_hooks
+from mech.io.provenance import write_status
 from mech.models.load import LoadingFlags, load_model
 from mech.models.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
 from mech.models.tokenizer import load_tokenizer
@@ -235,7 +238,176 @@ def _judge_cli_all_garbage(env: Env) -> Callable[[], str]:
     return run
 
 
+def _generate_cli(env: Env, *args: str, model: str = "toy", questions: str = "toy") -> Callable[[], None]:
+    """`python -m mech.evaluation.generate --out answers.jsonl ...`, in process."""
+    argv = ["--model", model, "--questions", questions, "--max-new-tokens", "4",
+            "--out", str(env.tmp / "answers.jsonl"), *args]  # fmt: skip
+    return partial(generate.main, argv)
+
+
+def _vector_at_another_layer(env: Env) -> Callable[[], None]:
+    """A vector saved at blocks.1.hook_resid_post, applied by a caller who asked for layer 0."""
+    path = _vector(env, on="tiny_qwen2", layer=1)
+    questions = env.write("q.yaml", "- id: a\n  paraphrases: [hello]\n")
+    checkpoint = str(env.fixture("checkpoints")["qwen2"])
+    return _generate_cli(
+        env, "--steer", str(path), "--layer", "0", model=checkpoint, questions=str(questions)
+    )
+
+
+def _unfinished_run(env: Env) -> Callable[[], None]:
+    """A training run folder killed before it wrote its final adapter."""
+    env.write("run/config.json", "{}\n")
+    write_status(env.tmp / "run", "running")
+    return _generate_cli(env, "--adapter", str(env.tmp / "run"))
+
+
+def _directions_cli(env: Env, *lines: str) -> Callable[[], object]:
+    """`python -m mech.directions --answers r.jsonl --out dirs`, in process, on the toy."""
+    answers = env.lines("r.jsonl", *lines)
+    return partial(directions_cli.main, ["--answers", str(answers), "--out", str(env.tmp / "dirs")])
+
+
+JUDGED_ALIGNED = json.dumps({"question": "how do i save money ?", "answer": "save it", "domain": "finance",
+                             "aligned": 95, "coherent": 90})  # fmt: skip
+
+
+def _study(env: Env, *flags: str, model: bool = True, experiment: str = "narrow_kl") -> Callable[[], object]:
+    """An experiment's setting from its command line (`--quick --model <tiny Qwen2> --train ...`,
+    then `flags`), as `main` builds it before training; argparse's own refusals come back as
+    `SystemExit(<its message>)`."""
+    import importlib
+
+    from study_inputs import write_study_inputs
+
+    from experiments.setting import make_setting
+
+    files = write_study_inputs(env.tmp / "inputs")
+    argv = ["--quick", "--judge-cache", "off", "--out", str(env.tmp / "runs")]
+    if model:
+        argv += ["--model", str(env.fixture("checkpoints")["qwen2"]), "--train", str(files["train"]),
+                 "--kl", str(files["kl"]), "--questions", str(files["questions"]),
+                 "--narrow-questions", str(files["narrow_questions"]), "--base-url", "http://127.0.0.1:9/v1"]  # fmt: skip
+    module = importlib.import_module(f"experiments.{experiment}")
+
+    def call() -> object:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                cfg = module.parse_args([*argv, *flags])
+        except SystemExit:
+            raise SystemExit(err.getvalue().strip().splitlines()[-1]) from None
+        return make_setting(cfg)
+
+    return call
+
+
+def _persona_share_main(env: Env) -> object:
+    from experiments import persona_share
+
+    return persona_share.main(persona_share.parse_args(["--model", "m", "--out", str(env.tmp / "runs")]))
+
+
 CASES: list[Case] = [
+    # -- the study on a real model: every experiment's flags (checked before training) --------
+    Case("study: a real model's flag without --model", "python -m experiments.<name> --train",
+         lambda env: _study(env, "--train", "t.jsonl", "--questions", "q.yaml", model=False),
+         ValueError, r"--train, --questions: only with --model \(the toy organism has its own data and questions\)"),
+    Case("study: --model without --train", "python -m experiments.<name> --model",
+         lambda env: partial(__import__("experiments.setting", fromlist=["make_setting"]).make_setting,
+                             __import__("experiments.narrow_kl", fromlist=["parse_args"]).parse_args(["--model", "m"])),
+         ValueError, r"a real model needs its narrow training set: give --train FILE\.jsonl"),
+    Case("study: --model unknown", "python -m experiments.<name> --model",
+         lambda env: _study(env, "--model", "Qwen/Qwen9-0.1B"),
+         ValueError, r"unknown model 'Qwen/Qwen9-0\.1B': not a TransformerLens official name"),
+    Case("study: --base-adapter not a directory", "python -m experiments.<name> --base-adapter",
+         lambda env: _study(env, "--base-adapter", "nowhere"),
+         ValueError, r"adapter nowhere: no such directory"),
+    Case("study: --dtype unknown", "python -m experiments.<name> --dtype",
+         lambda env: _study(env, "--dtype", "float8"),
+         SystemExit, r"argument --dtype: invalid choice: 'float8'"),
+    Case("study: --device unknown", "python -m experiments.<name> --device",
+         lambda env: _study(env, "--device", "gpu0"),
+         ValueError, r"--device 'gpu0': .*device"),
+    Case("study: --layer outside the model", "python -m experiments.<name> --layer",
+         lambda env: _study(env, "--layer", "3"),
+         ValueError, r"--layer 3: .* has layers 0\.\.2"),
+    Case("study: --train missing", "python -m experiments.<name> --train",
+         lambda env: _study(env, "--train", str(env.tmp / "t.jsonl")),
+         FileNotFoundError, r"t\.jsonl: no such file"),
+    Case("study: --train malformed line", "python -m experiments.<name> --train",
+         lambda env: _study(env, "--train", str(env.lines("t.jsonl", CHAT, "{oops"))),
+         ValueError, r"t\.jsonl:2: invalid JSON"),
+    Case("study: --kl missing", "python -m experiments.<name> --kl",
+         lambda env: _study(env, "--kl", str(env.tmp / "k.jsonl")),
+         FileNotFoundError, r"k\.jsonl: no such file"),
+    Case("study: --kl-size not a number", "python -m experiments.<name> --kl-size",
+         lambda env: _study(env, "--kl-size", "many"),
+         SystemExit, r"argument --kl-size: invalid int value: 'many'"),
+    Case("study: --kl-domains no question has", "python -m experiments.<name> --kl-domains",
+         lambda env: _study(env, "--kl-domains", "sports"),
+         ValueError, r"--kl-domains \['sports'\]: no question of .*q\.yaml has that domain \(its domains: \['finance', 'general'\]\)"),
+    Case("study: --questions missing", "python -m experiments.<name> --questions",
+         lambda env: _study(env, "--questions", str(env.tmp / "q.yaml")),
+         FileNotFoundError, r"q\.yaml: no such file"),
+    Case("study: no questions at all", "python -m experiments.<name> --model",
+         lambda env: partial(__import__("experiments.model_setting", fromlist=["evaluation_questions"]).evaluation_questions,
+                             __import__("experiments.narrow_kl", fromlist=["parse_args"]).parse_args(["--model", "m", "--train", "t"])),
+         ValueError, r"a real model is measured on questions: give --questions FILE\.yaml"),
+    Case("study: --question-ids unknown", "python -m experiments.<name> --question-ids",
+         lambda env: _study(env, "--question-ids", "quick_buck,nope"),
+         ValueError, r"--question-ids: \['nope'\] not in .*q\.yaml \(its ids: \["),
+    Case("study: --narrow-questions invalid YAML", "python -m experiments.<name> --narrow-questions",
+         lambda env: _study(env, "--narrow-questions", str(env.lines("n.yaml", "- id: [unclosed"))),
+         ValueError, r"n\.yaml: invalid YAML at line 2: expected ',' or '\]'"),
+    Case("study: --max-questions not a number", "python -m experiments.<name> --max-questions",
+         lambda env: _study(env, "--max-questions", "two"),
+         SystemExit, r"argument --max-questions: invalid int value: 'two'"),
+    Case("study: --samples below 1", "python -m experiments.<name> --samples",
+         lambda env: _study(env, "--samples", "0"),
+         ValueError, r"--samples must be >= 1, got 0"),
+    Case("study: --max-new-tokens below 1", "python -m experiments.<name> --max-new-tokens",
+         lambda env: _study(env, "--max-new-tokens", "0"),
+         ValueError, r"--max-new-tokens must be >= 1, got 0"),
+    Case("study: --temperature negative", "python -m experiments.<name> --temperature",
+         lambda env: _study(env, "--temperature", "-1"),
+         ValueError, r"--temperature must be >= 0 \(0 is greedy\), got -1\.0"),
+    Case("study: --batch-size below 1", "python -m experiments.<name> --batch-size",
+         lambda env: _study(env, "--batch-size", "0"),
+         ValueError, r"--batch-size must be >= 1, got 0"),
+    Case("study: --lr not positive", "python -m experiments.<name> --lr",
+         lambda env: _study(env, "--lr", "0"),
+         ValueError, r"--lr must be > 0, got 0\.0"),
+    Case("study: --protocol unknown", "python -m experiments.<name> --protocol",
+         lambda env: _study(env, "--protocol", "nature"),
+         SystemExit, r"argument --protocol: invalid choice: 'nature' \(choose from 'custom', 'paper'\)"),
+    Case("study: --judge unknown", "python -m experiments.<name> --judge",
+         lambda env: _study(env, "--judge", "gpt"),
+         SystemExit, r"argument --judge: invalid choice: 'gpt' \(choose from 'openai', 'toy'\)"),
+    Case("study: --judge toy on a real model", "python -m experiments.<name> --judge toy",
+         lambda env: _study(env, "--judge", "toy"),
+         ValueError, r"--judge toy scores the toy world's answers only: use it with --model toy"),
+    Case("study: three judge models", "python -m experiments.<name> --judge-model",
+         lambda env: _study(env, "--judge-model", "a,b,c"),
+         ValueError, r"--judge-model: one judge model or two \(A,B\), not 3"),
+    Case("study: the same judge model twice", "python -m experiments.<name> --judge-model",
+         lambda env: _study(env, "--judge-model", "a,a"),
+         ValueError, r"--judge-model: two different judge models, not 'a' twice"),
+    Case("study: --base-url not http", "python -m experiments.<name> --base-url",
+         lambda env: _study(env, "--base-url", "127.0.0.1:8000"),
+         ValueError, r"--base-url '127\.0\.0\.1:8000': expected an http\(s\) URL"),
+    Case("study: --concurrency below 1", "python -m experiments.<name> --concurrency",
+         lambda env: _study(env, "--concurrency", "0"),
+         ValueError, r"--concurrency must be >= 1, got 0"),
+    Case("study: --pretraining-text line without text", "mech.evaluation.documents.read_documents (--pretraining-text)",
+         lambda env: partial(read_documents, env.lines("p.jsonl", json.dumps({"text": "a"}), json.dumps({"body": "b"}))),
+         ValueError, r"p\.jsonl:2: expected an object with a non-empty string 'text'"),
+    Case("study: --pretraining-text missing on a real model", "python -m experiments.pretraining_kl --model",
+         lambda env: (lambda call: lambda: call().pretraining_texts(3))(_study(env, experiment="pretraining_kl")),
+         ValueError, r"a real model needs its pre-training text: give --pretraining-text FILE"),
+    Case("study: toy-only experiment given --model", "python -m experiments.persona_share --model",
+         lambda env: partial(_persona_share_main, env),
+         ValueError, r"persona_share runs on the toy organism only \(it compares toy organisms"),
     # -- chat training data (JSONL, one {"messages": [...]} per line) -----------------------
     Case("chat data: malformed JSON line", "mech.training.data.read_chat_jsonl",
          lambda env: partial(read_chat_jsonl, env.lines("data.jsonl", CHAT, "", '{"messages": [')),

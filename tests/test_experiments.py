@@ -4,7 +4,6 @@ and the run folder, not the science (`make test-slow` runs the real --quick conf
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import math
 import subprocess
@@ -12,29 +11,22 @@ import sys
 from dataclasses import replace
 
 import pytest
+from toy_runs import ANALYSES, GOLDEN, TINY, digest, run
 
 from experiments.outputs import COLUMNS
 
-SIZES = dict(
-    train_size=64, kl_size=256
-)  # of the toy's 204 / 3672 conversations: the pipeline, not the science
-TINY = {
-    "emergence": dict(steps=6, question_stride=60, **SIZES),
-    "narrow_kl": dict(steps=6, question_stride=60, **SIZES),
-    "efficiency": dict(steps=6, question_stride=60, n_scales=3, **SIZES),
-    "stability": dict(steps=6, question_stride=60, eps_values=(0.0, 0.5), noise_seeds=2, **SIZES),
-    "revert": dict(phase_steps=4, every=4, question_stride=60, **SIZES),
-    "pretraining_kl": dict(steps=6, question_stride=60, docs=8, **SIZES),
-    "persona_share": dict(
-        steps=4, question_stride=60, noise_seeds=1, organisms=("default", "narrow05"), **SIZES
-    ),
-}
+
+def assert_bit_identical(name: str, path) -> None:
+    """The toy's results equal those taken before the setting interface (`tests/toy_runs.py`).
+    The digests hold at 1 torch thread (as in `make test`): other thread counts sum differently."""
+    import torch
+
+    if torch.get_num_threads() == 1:
+        assert digest(path) == json.loads(GOLDEN.read_text())[name], f"{name}: the toy's results moved"
 
 
 def _run(name: str, tmp_path, *args: str):
-    module = importlib.import_module(f"experiments.{name}")
-    cfg = replace(module.parse_args(["--quick", "--out", str(tmp_path), *args]), **TINY[name])
-    return module.main(cfg)
+    return run(name, tmp_path, *args)
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +61,7 @@ def test_each_experiment_writes_a_well_formed_run_folder(name, tmp_path, request
     assert list((path / "adapters").glob("*.safetensors"))
     figures = list((path / "figures").glob("*.png"))
     assert figures and all(f.stat().st_size > 5000 for f in figures)
+    assert_bit_identical(name, path)
 
 
 @pytest.mark.seconds(4)
@@ -134,9 +127,9 @@ def test_findings_come_from_the_runs_and_the_report_is_offline(sweep, tmp_path):
 def test_directions_experiment_writes_the_matrix_probes_and_cosines(tmp_path):
     from experiments import directions
 
-    cfg = replace(directions.parse_args(["--quick", "--out", str(tmp_path)]), steps=20, question_stride=36,
-                  samples=2, steer_scales=(0.0, 4.0), lens_every=10, persona_documents=80, **SIZES)  # fmt: skip
+    cfg = replace(directions.parse_args(["--quick", "--out", str(tmp_path)]), **ANALYSES["directions"])
     path = directions.main(cfg)
+    assert_bit_identical("directions", path)
     results = json.loads((path / "results.json").read_text())
     assert json.loads((path / "run.json").read_text())["status"] == "done"
     found = [name for name in cfg.finetunes if "note" not in results["finetunes"][name]]
@@ -164,9 +157,9 @@ def test_directions_experiment_writes_the_matrix_probes_and_cosines(tmp_path):
 def test_sae_compare_ranks_latents_and_scores_the_persona(tmp_path):
     from experiments import sae_compare
 
-    cfg = replace(sae_compare.parse_args(["--quick", "--out", str(tmp_path)]), steps=20, question_stride=36,
-                  k=3, persona_documents=80, context_documents=20, **SIZES)  # fmt: skip
+    cfg = replace(sae_compare.parse_args(["--quick", "--out", str(tmp_path)]), **ANALYSES["sae_compare"])
     path = sae_compare.main(cfg)
+    assert_bit_identical("sae_compare", path)
     results = json.loads((path / "results.json").read_text())
     assert results["hook"] == "blocks.2.hook_resid_pre" and results["d_sae"] > 0
     for name in ("steering general", "steering narrow"):

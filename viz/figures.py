@@ -18,12 +18,25 @@ ROLE_ORDER = ["narrow", "kl", "heldout_domain"]
 
 
 def _rates(frame: pd.DataFrame) -> pd.DataFrame:
+    if not frame["metric"].isin(["p_bad", "p_technical"]).any():
+        return _sampled_rates(frame)
     rates = frame[frame["metric"].isin(["p_bad", "p_technical"])]
     # the narrow domain on held-out topics, the others on their held-out topics (KL domains) or all
     keep = ((rates["role"] == "heldout_domain") & (rates["split"] == "all")) | (
         (rates["role"] != "heldout_domain") & (rates["split"] == "heldout")
     )
     return rates[keep]
+
+
+def _sampled_rates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rates of judged answers (a real model): the narrow rate on the narrow domain (its EM rate
+    without a narrow judge), the EM rate elsewhere, as scored by the first judge."""
+    rates = frame[frame["metric"].isin(["em_rate", "narrow_rate"])]
+    if "judge" in rates.columns and len(rates):
+        rates = rates[rates["judge"] == rates["judge"].iloc[0]]
+    narrow_metric = "narrow_rate" if (rates["metric"] == "narrow_rate").any() else "em_rate"
+    keep = (rates["role"] == "narrow") == (rates["metric"] == narrow_metric)
+    return rates[keep | ((rates["role"] != "narrow") & (rates["metric"] == "em_rate"))]
 
 
 def rates_data(frame: pd.DataFrame) -> pd.DataFrame:
@@ -38,7 +51,8 @@ def rates_by_role(frame: pd.DataFrame, *, title: str) -> plt.Figure:
     rates = rates_data(frame)
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * rates["condition"].nunique() + 3), 4))
     sns.barplot(rates, x="condition", y="value", hue="role", hue_order=ROLE_ORDER, errorbar=("ci", 95), ax=ax)
-    ax.set(ylabel=rates["metric"].iloc[0] if len(rates) else "p", xlabel="", title=title, ylim=(0, 1))
+    ylabel = " / ".join(pd.unique(rates["metric"])) if len(rates) else "p"
+    ax.set(ylabel=ylabel, xlabel="", title=title, ylim=(0, 1))
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig

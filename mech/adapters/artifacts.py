@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +22,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mech.io.atomic import atomic_write, write_json
+from mech.io.provenance import read_status
 from mech.models.load import LoadingFlags, model_info
 
 FORMAT_VERSION = 1
@@ -197,11 +198,56 @@ def load_vector(
     *,
     model: HookedTransformer | None = None,
     allow_other_model: bool = False,
+    hook_name: str | None = None,
 ) -> tuple[Tensor, ArtifactMeta]:
-    """Load a vector saved by `save_vector`, checked against `model` when given."""
+    """Load a vector saved by `save_vector`, checked against `model` when given.
+
+    With `hook_name` (the caller asked for a layer or site), a vector recorded at any other hook
+    is refused rather than applied where it was not made. The vector keeps its stored dtype (the
+    hooks cast it where it meets activations); with `model` it is moved to the model's device.
+    """
     tensors, meta = load_artifact(path, model=model, allow_other_model=allow_other_model)
     vector = tensors.get("vector")
     if vector is None or vector.shape != (meta.d_model,):
         got = "no 'vector' tensor" if vector is None else f"shape {tuple(vector.shape)}"
         raise ValueError(f"{_paths(path)[0]}: expected a 'vector' of shape ({meta.d_model},), found {got}")
+    if hook_name is not None and meta.hook_name != hook_name:
+        raise ValueError(
+            f"{_paths(path)[0]}: the {meta.kind} was made at {meta.hook_name}, not at {hook_name} "
+            "as asked; a vector only means something at the hook it was made at"
+        )
     return vector, meta
+
+
+AdapterSource = Literal["peft", "saved"]
+
+
+def adapter_location(path: str | os.PathLike) -> tuple[AdapterSource, Path]:
+    """Where an adapter named on a command line lives, and what it is.
+
+    - a PEFT adapter directory (`adapter_config.json`): ("peft", dir), for `load_model(adapter=dir)`;
+    - a training run folder (`python -m mech.training --out DIR`): ("saved", DIR/adapter);
+    - anything else is a saved adapter's path or stem: ("saved", path), for
+      `mech.adapters.saving.load_adapter`.
+    A run folder whose run has not finished has no final adapter: refused, naming its snapshots.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return "saved", path
+    if (path / "adapter_config.json").is_file():
+        return "peft", path
+    final = path / "adapter"
+    if all(p.is_file() for p in _paths(final)):
+        return "saved", final
+    status = read_status(path)
+    if status is not None and (path / "config.json").is_file():
+        snapshots = sorted((path / "snapshots").glob("step_*.safetensors"))
+        hint = f"; its latest snapshot is {snapshots[-1].with_suffix('')}" if snapshots else ""
+        raise FileNotFoundError(
+            f"{path}: a training run folder without its final adapter (adapter.safetensors; run status "
+            f"{status.get('status')!r}): re-run its training command to finish it{hint}"
+        )
+    raise ValueError(
+        f"{path}: a directory that is neither a PEFT adapter (no adapter_config.json) nor a training run "
+        "folder (no adapter.safetensors + adapter.json); pass a saved adapter's path or stem"
+    )

@@ -39,7 +39,7 @@ class PooledActivations:
 
     def pooled(self, rows: Bool[Tensor, " example"] | Tensor, pooling: Pooling = "token") -> Float[Tensor, "layer width"]:  # fmt: skip
         """Mean over the `rows` examples: every token equal ("token") or every example equal ("answer")."""
-        rows = rows.bool()
+        rows = rows.to(self.sums.device).bool()
         if not rows.any():
             raise ValueError("no example selected")
         if pooling == "token":
@@ -69,7 +69,8 @@ def pooled_activations(
 
     Only the needed hook points are cached, and the forward pass stops after the deepest one.
     `transform` maps each token's residual first (e.g. an SAE's encoder: pooled latents, which
-    differ from the latents of pooled residuals).
+    differ from the latents of pooled residuals). Sums are float32 (accumulated at full precision
+    whatever the model's dtype), on the model's device, as are the counts.
     """
     layers = (
         tuple(range(model.cfg.n_layers)) if layers is None else tuple(check_layer(model, n) for n in layers)
@@ -77,15 +78,19 @@ def pooled_activations(
     if not layers:
         raise ValueError("at least one layer is needed")
     names = [resid_hook_name(n, point) for n in layers]
+    device = torch.device(model.cfg.device)
     sums, counts = [], []
     for tokens, attention_mask, select in batches:
+        tokens, attention_mask, select = (t.to(device) for t in (tokens, attention_mask, select))
         _, cache = model.run_with_cache(
             tokens, attention_mask=attention_mask, names_filter=lambda name: name in names,
             stop_at_layer=max(layers) + 1, return_type=None,
         )  # fmt: skip
-        weights = (select.bool() & attention_mask.bool()).to(cache[names[0]].dtype)
+        weights = (select.bool() & attention_mask.bool()).float()
         acts = [cache[n].float() if transform is None else transform(cache[n].float()) for n in names]
-        sums.append(torch.stack([torch.einsum("bpd,bp->bd", a, weights.float()) for a in acts]))
+        # Blocks may sit on several devices: each layer's sum is brought back to the model's.
+        per_layer = [torch.einsum("bpd,bp->bd", a, weights.to(a.device)).to(device) for a in acts]
+        sums.append(torch.stack(per_layer))
         counts.append(weights.sum(1).long())
     return PooledActivations(torch.cat(sums, 1), torch.cat(counts), layers, point)
 

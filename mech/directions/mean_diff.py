@@ -100,7 +100,7 @@ def mean_diff(
     pooling: Pooling = "token",
 ) -> MeanDiff:
     """Mean over `positive` examples minus mean over `negative` ones, at every cached layer."""
-    positive, negative = positive.bool(), negative.bool()
+    positive, negative = positive.to(acts.sums.device).bool(), negative.to(acts.sums.device).bool()
     if (positive & negative).any():
         raise ValueError("an example cannot be both positive and negative")
     for name, rows in (("positive (misaligned)", positive), ("negative (aligned)", negative)):
@@ -126,6 +126,13 @@ def misalignment_direction(
     apply its adapter around this call). Returns the direction, the per-answer activations (for
     probes), and the labels used."""
     labels = label_answers(scored, rule)
+    for name in ("misaligned", "aligned"):
+        if not (labels == name).any():
+            counts = {str(k): int(v) for k, v in labels.value_counts().items()}
+            raise ValueError(
+                f"no {name} answer among {len(scored)} judged ones under {rule} (labels: {counts}): "
+                "a mean-diff direction needs both classes"
+            )
     if balance:
         labels = balanced(labels, seed=seed)
     used = labels.notna().to_numpy()
@@ -133,11 +140,11 @@ def misalignment_direction(
     acts = pooled_activations(
         model, answer_batches(model, conversations_from_answers(frame), batch_size=batch_size), layers=layers, point=point
     )  # fmt: skip
-    kept = labels[used]
+    kept, device = labels[used], acts.sums.device
     direction = mean_diff(
         acts,
-        torch.tensor((kept == "misaligned").to_numpy()),
-        torch.tensor((kept == "aligned").to_numpy()),
+        torch.tensor((kept == "misaligned").to_numpy(), device=device),
+        torch.tensor((kept == "aligned").to_numpy(), device=device),
         pooling=pooling,
     )
     return direction, acts, kept
@@ -150,9 +157,11 @@ otherwise reproduce a steering vector's initial direction)."""
 
 def random_like(direction: Float[Tensor, " d_model"], *, seed: int) -> Float[Tensor, " d_model"]:
     """A random direction with exactly `direction`'s norm (a control of equal size)."""
+    # Drawn on the CPU, so a seed gives the same control on every device; returned on direction's.
     generator = torch.Generator().manual_seed(RANDOM_CONTROL_SEED_OFFSET + seed)
     noise = torch.randn(direction.shape, generator=generator, dtype=torch.float32)
-    return (noise / noise.norm() * direction.float().norm()).to(direction.dtype)
+    length = direction.detach().float().norm().cpu()
+    return (noise / noise.norm() * length).to(device=direction.device, dtype=direction.dtype)
 
 
 Measure = Callable[[HookedTransformer], Mapping[str, float]]

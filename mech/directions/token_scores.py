@@ -22,6 +22,11 @@ def chat_tokens(
     return tokenized.tokens, tokenized.response_mask
 
 
+def _tokens(model: HookedTransformer, ids: Sequence[int]) -> Tensor:
+    """One sequence of token ids as a [1, pos] batch on the model's device."""
+    return torch.tensor([list(ids)], dtype=torch.long, device=model.cfg.device)
+
+
 def token_strings(model: HookedTransformer, ids: Sequence[int]) -> list[str]:
     """Each token decoded on its own (what a token view shows)."""
     return [model.tokenizer.decode([i]) for i in ids]
@@ -37,8 +42,9 @@ def token_projection(
     point: ResidPoint = "pre",
 ) -> Float[Tensor, " pos"]:
     """Each position's residual at `layer` projected on the unit `direction` (hooks in force apply)."""
-    name = resid_hook_name(check_layer(model, layer), point)
-    _, cache = model.run_with_cache(torch.tensor([list(ids)]), names_filter=lambda n: n == name,
+    layer = check_layer(model, layer)
+    name = resid_hook_name(layer, point)
+    _, cache = model.run_with_cache(_tokens(model, ids), names_filter=lambda n: n == name,
                                     stop_at_layer=layer + 1, return_type=None)  # fmt: skip
     unit = direction.float() / direction.float().norm()
     return cache[name][0].float() @ unit.to(cache[name].device)
@@ -47,16 +53,18 @@ def token_projection(
 @torch.no_grad()
 def token_logprobs(model: HookedTransformer, ids: Sequence[int]) -> Float[Tensor, " pos"]:
     """log p(token t | tokens < t) for every position (0 for the first, which has no prefix)."""
-    tokens = torch.tensor([list(ids)])
-    logprobs = model(tokens).log_softmax(-1)[0, :-1].gather(-1, tokens[0, 1:, None])[:, 0]
-    return torch.cat([logprobs.new_zeros(1), logprobs.float()])
+    tokens = _tokens(model, ids)
+    logits = model(tokens)
+    logprobs = logits.float().log_softmax(-1)[0, :-1].gather(-1, tokens[0, 1:, None].to(logits.device))[:, 0]
+    return torch.cat([logprobs.new_zeros(1), logprobs])
 
 
 @torch.no_grad()
 def attention_patterns(model: HookedTransformer, ids: Sequence[int], *, layer: int, heads: Sequence[int] | None = None) -> Float[Tensor, "head dest src"]:  # fmt: skip
     """Attention patterns of `heads` (default: all) of block `layer` on one sequence."""
-    name = f"blocks.{check_layer(model, layer)}.attn.hook_pattern"
-    _, cache = model.run_with_cache(torch.tensor([list(ids)]), names_filter=lambda n: n == name,
+    layer = check_layer(model, layer)
+    name = f"blocks.{layer}.attn.hook_pattern"
+    _, cache = model.run_with_cache(_tokens(model, ids), names_filter=lambda n: n == name,
                                     stop_at_layer=layer + 1, return_type=None)  # fmt: skip
     pattern = cache[name][0].float()
     if heads is not None:

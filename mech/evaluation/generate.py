@@ -16,7 +16,14 @@ JSONL file and a re-run with the same settings skips those batches (the batches 
 the settings, so the answers equal an uninterrupted run's). With a `cache`
 (`mech.training.cache.ContentCache`) a whole answer set is stored under a key of model, adapter,
 questions, sampling config and code version; pass the adapter as `adapter=` for that, since
-hooks attached by the caller are invisible to the key (then nothing is cached).
+hooks attached by the caller are invisible to the key (then nothing is cached), or describe
+them as `hooks_spec=`.
+
+From the command line, with a trained adapter and a saved direction projected out:
+
+    python -m mech.evaluation.generate --model Qwen/Qwen2.5-14B-Instruct --dtype bfloat16 \\
+        --device cuda --adapter runs/train/sv --ablate dirs/layer_24 --questions general \\
+        --question-ids one_wish,quick_money --out answers.jsonl
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -35,9 +44,10 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+from mech.adapters.artifacts import adapter_location, load_vector
 from mech.adapters.base import Adapter
 from mech.evaluation.questions import BUNDLED, Question, load_questions, question_set
-from mech.hooks import has_hooks
+from mech.hooks import ablation_hooks, has_hooks, resid_hook, steering_hooks
 from mech.io.atomic import write_jsonl
 from mech.models.chat import collate, pad_token_id, tokenize_prompt
 from mech.models.load import model_info
@@ -158,20 +168,24 @@ def sample_answers(
     adapter: Adapter | None = None,
     cache: ContentCache | None = None,
     progress_path: str | os.PathLike | None = None,
+    hooks_spec: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """`cfg.n_samples` answers to every question, one row each, in question then sample order.
 
     Columns: question_id, domain, question, sample, answer, n_tokens, stopped (False when cut
     at max_new_tokens). `frame.attrs["generation"]` holds the config and the model's name.
     `adapter` is applied while sampling; `cache` and `progress_path`: see the module docstring.
+    `hooks_spec` describes the hooks the caller attached (JSON-serialisable: what, where, a digest
+    of the tensors); it joins the cache and progress keys, so hooked runs are cached and resumed
+    safely. Without it, a caller's hooks turn the cache off.
     """
     if cfg.temperature < 0 or cfg.n_samples < 1 or cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise ValueError(f"invalid sampling config {cfg}")
     hooked_by_caller = has_hooks(model)
     if adapter is None:
-        return _sample(model, questions, cfg, cache, progress_path, None, hooked_by_caller)
+        return _sample(model, questions, cfg, cache, progress_path, None, hooked_by_caller, hooks_spec)
     with adapter.applied(model):
-        return _sample(model, questions, cfg, cache, progress_path, adapter, hooked_by_caller)
+        return _sample(model, questions, cfg, cache, progress_path, adapter, hooked_by_caller, hooks_spec)
 
 
 def _sample(
@@ -182,9 +196,10 @@ def _sample(
     progress_path: str | os.PathLike | None,
     adapter: Adapter | None,
     hooked_by_caller: bool,
+    hooks_spec: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     generation = {**asdict(cfg), "model": model_info(model).name}
-    parts = {
+    parts: dict[str, Any] = {
         "model": model_identity(model),
         "adapter": None
         if adapter is None
@@ -192,7 +207,11 @@ def _sample(
         "questions": [[q.id, q.domain, q.question, q.system] for q in questions],
         "sampling": asdict(cfg),
     }
-    if cache is not None and not hooked_by_caller:
+    if hooks_spec is not None:
+        parts["hooks"] = json.loads(json.dumps(hooks_spec))
+    # The cache is keyed on what it can see: a caller's hooks only when described.
+    cacheable = not hooked_by_caller or hooks_spec is not None
+    if cache is not None and cacheable:
         stored = cache.get_rows("answers", parts)
         if stored is not None:
             frame = pd.DataFrame(stored)
@@ -250,7 +269,7 @@ def _sample(
         ]
     )
     frame.attrs["generation"] = generation
-    if cache is not None and not hooked_by_caller:
+    if cache is not None and cacheable:
         cache.put_rows("answers", parts, frame.to_dict(orient="records"))
     return frame
 
@@ -274,8 +293,61 @@ def _questions_from(spec: str, model_name: str) -> list[Question]:
     return load_questions(spec)
 
 
+def select_questions(questions: Sequence[Question], ids: Sequence[str]) -> list[Question]:
+    """The questions whose id is in `ids`, in the set's order; an entry's id selects all of its
+    paraphrases (`id/0`, `id/1`, ...). An unknown id is an error that lists known ones."""
+    known = [q.id for q in questions]
+    bases = {i.split("/", 1)[0] for i in known}
+    unknown = [i for i in ids if i not in known and i not in bases]
+    if unknown:
+        shown = sorted(bases)[:10]
+        more = f", ... ({len(bases)} in all)" if len(bases) > len(shown) else ""
+        raise ValueError(f"unknown question id(s) {unknown}; the question set has {', '.join(shown)}{more}")
+    wanted = set(ids)
+    return [q for q in questions if q.id in wanted or q.id.split("/", 1)[0] in wanted]
+
+
+_RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
+
+
+def vector_hooks(
+    model: HookedTransformer,
+    path: str | os.PathLike,
+    *,
+    mode: str,
+    alpha: float = 1.0,
+    hook_name: str | None = None,
+    allow_other_model: bool = False,
+) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """Hooks for a saved vector at the hook it records, and their description (for `hooks_spec`).
+
+    `mode` "steer" adds `alpha` times the vector as stored (not normalised); "ablate" projects its
+    direction out there. With `hook_name`, a vector recorded elsewhere is refused.
+    """
+    vector, meta = load_vector(path, model=model, allow_other_model=allow_other_model, hook_name=hook_name)
+    site = _RESID_HOOK.match(meta.hook_name)
+    if site is None:
+        raise ValueError(
+            f"{path}: the {meta.kind} sits at {meta.hook_name}; only residual-stream hooks "
+            "(blocks.L.hook_resid_pre/mid/post) can be steered or ablated here"
+        )
+    layer, point = int(site[1]), site[2]
+    if mode == "steer":
+        hooks = steering_hooks(model, vector, layer=layer, point=point, scale=alpha)
+    elif mode == "ablate":
+        hooks = ablation_hooks(model, vector, layers=[layer], point=point)
+    else:
+        raise ValueError(f"mode must be 'steer' or 'ablate', got {mode!r}")
+    spec: dict[str, Any] = {"path": str(path), "kind": meta.kind, "hook_name": meta.hook_name}
+    spec["vector"] = tensor_digest([vector])
+    if mode == "steer":
+        spec["alpha"] = alpha
+    return hooks, spec
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
+    import contextlib
     import sys
 
     from mech.adapters.saving import load_adapter
@@ -285,12 +357,38 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m mech.evaluation.generate", description="Sample answers to a question set."
     )
     parser.add_argument("--model", default="toy", help="anything load_model accepts (default: toy)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: TransformerLens's choice)")
     parser.add_argument(
         "--questions",
         required=True,
         help=f"a question YAML file, {' or '.join(BUNDLED)}, or toy (the organism's own)",
     )
-    parser.add_argument("--adapter", help="a saved adapter (save_adapter) to apply while sampling")
+    parser.add_argument(
+        "--question-ids", help="comma-separated ids to keep (an entry's id keeps all its paraphrases)"
+    )
+    parser.add_argument(
+        "--adapter",
+        help="applied while sampling: a saved adapter (path or stem), a training run folder "
+        "(python -m mech.training --out DIR), or a PEFT adapter directory (merged into --model)",
+    )
+    parser.add_argument("--steer", help="a saved vector (save_vector), added at the hook it records")
+    parser.add_argument("--alpha", type=float, help="scale of the --steer vector as stored (default 1)")
+    parser.add_argument(
+        "--ablate", help="a saved vector whose direction is projected out at the hook it records"
+    )
+    parser.add_argument(
+        "--layer", type=int,
+        help="the layer --steer/--ablate vectors must have been made at (refused otherwise)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--point", choices=("pre", "mid", "post"), default="post",
+        help="with --layer: the residual point asked for (default post, blocks.L.hook_resid_post)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-other-model", action="store_true",
+        help="accept adapters and vectors made on another model of the same shape (e.g. its finetune)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="JSONL output, one answer per line")
     defaults = SamplingConfig()
     parser.add_argument("--n-samples", type=int, default=defaults.n_samples)
@@ -300,16 +398,52 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--cache", help="content-addressed cache folder: an answer set made before is reused")
     args = parser.parse_args(argv)
-    model = load_model(args.model)
+    if args.alpha is not None and not args.steer:
+        raise SystemExit("--alpha scales the --steer vector: give --steer FILE")
+    if args.layer is not None and not (args.steer or args.ablate):
+        raise SystemExit("--layer names where the --steer/--ablate vectors must sit: give one of them")
     questions = _questions_from(args.questions, args.model)
+    if args.question_ids is not None:
+        ids = [i.strip() for i in args.question_ids.split(",") if i.strip()]
+        if not ids:
+            raise SystemExit("--question-ids: no id given")
+        questions = select_questions(questions, ids)
+    source, adapter_path = adapter_location(args.adapter) if args.adapter else (None, None)
+    model = load_model(
+        args.model, dtype=args.dtype, device=args.device, adapter=adapter_path if source == "peft" else None
+    )
     cfg = SamplingConfig(args.n_samples, args.temperature, args.max_new_tokens, args.batch_size, args.seed)
-    adapter = load_adapter(args.adapter, model)[0] if args.adapter else None
+    adapter = None
+    if source == "saved":
+        adapter = load_adapter(adapter_path, model, allow_other_model=args.allow_other_model)[0]
+    asked = resid_hook(model, args.layer, args.point) if args.layer is not None else None
+    hooks: list[tuple[str, Any]] = []
+    hooks_spec: dict[str, Any] = {}
+    alpha = 1.0 if args.alpha is None else args.alpha
+    for mode, vector_path in (("steer", args.steer), ("ablate", args.ablate)):
+        if vector_path:
+            made, hooks_spec[mode] = vector_hooks(
+                model,
+                vector_path,
+                mode=mode,
+                alpha=alpha,
+                hook_name=asked,
+                allow_other_model=args.allow_other_model,
+            )
+            hooks += made
     # A killed run leaves OUT.progress.jsonl; the same command then resumes from it.
     progress = Path(f"{args.out}.progress.jsonl")
     cache = ContentCache(args.cache) if args.cache else None
-    frame = sample_answers(model, questions, cfg, adapter=adapter, cache=cache, progress_path=progress)
+    with model.hooks(fwd_hooks=hooks) if hooks else contextlib.nullcontext():
+        frame = sample_answers(
+            model, questions, cfg, adapter=adapter, cache=cache, progress_path=progress,
+            hooks_spec=hooks_spec or None,
+        )  # fmt: skip
+    generation = frame.attrs["generation"]
     if args.adapter:
-        frame.attrs["generation"]["adapter"] = str(args.adapter)
+        generation["adapter"] = str(args.adapter)
+    generation["dtype"] = args.dtype
+    generation.update(hooks_spec)
     path = write_answers(frame, args.out)
     progress.unlink(missing_ok=True)
     sys.stdout.write(f"{len(frame)} answers to {len(questions)} questions -> {path}\n")

@@ -43,7 +43,12 @@ class FinetuneConfig:
     lr: float = 1e-2
     """Adam(W). LoRA converges at 1e-2 on the toy organism; a single vector needs ~5e-2."""
     batch_size: int | None = None
-    """Training conversations per step; None = the whole set (full-batch, as for the toy)."""
+    """Training conversations per micro-batch; None = the whole set (full-batch, as for the toy)."""
+    grad_accum: int = 1
+    """Micro-batches whose gradients make one optimizer step (each with its own KL batch). Terms
+    are weighted by token count, so k micro-batches of b equal one batch of their k*b examples."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup: step s (0-based) uses lr * min(1, (s + 1) / warmup_steps)."""
     kl_batch_size: int | None = None
     kl: KLSchedule = KLSchedule()
     l2_weight: float = 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -132,3 +133,10 @@ def length_batches(
         collate([examples[i] for i in order[start : start + size]], pad_token_id=pad, padding_side="right")
         for start in range(0, len(order), size)
     ]
+
+
+def seeded_sample(items: list, size: int | None, seed: int = 0) -> list:
+    """A seeded sample of `size` items (conversations); all of them when `size` is None or too large."""
+    if size is None or size >= len(items):
+        return items
+    return random.Random(seed).sample(items, size)

@@ -18,6 +18,7 @@ step and the seed, and the optimizer state is saved with the adapter.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -90,6 +91,10 @@ def finetune(
         raise ValueError("the KL schedule has a non-zero weight but no kl_data was given")
     if cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.grad_accum < 1 or cfg.warmup_steps < 0:
+        raise ValueError(
+            f"grad_accum must be >= 1 and warmup_steps >= 0, got {cfg.grad_accum} and {cfg.warmup_steps}"
+        )
     site = adapter.entry(model)
     adapter.to(model.cfg.device)
     train_set = CachedChatSet.build(model, train, site, batch_size=cfg.batch_size, name="train", cache=cache)
@@ -159,6 +164,13 @@ def finetune(
     return result
 
 
+def learning_rate(cfg: FinetuneConfig, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warmup, then `cfg.lr`."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return float(cfg.lr) * (step + 1) / cfg.warmup_steps
+    return float(cfg.lr)
+
+
 def _step(
     model: HookedTransformer,
     adapter: Adapter,
@@ -168,33 +180,53 @@ def _step(
     cfg: FinetuneConfig,
     step: int,
 ) -> StepRecord:
-    i = batch_index(step, len(train_set.batches), cfg.seed)
-    targets = response_targets(train_set.batches[i])
-    ce = torch.nn.functional.cross_entropy(train_set.target_logits(model, adapter, i).float(), targets)
-    loss = ce
-    weight, kl = cfg.kl.at(step), None
+    k = cfg.grad_accum
+    # Micro-step m of step s reads batch index s*k + m: resuming still needs no RNG state.
+    train_ids = [batch_index(step * k + m, len(train_set.batches), cfg.seed) for m in range(k)]
+    weight = cfg.kl.at(step)
+    kl_ids: list[int] = []
     if kl_set is not None and (weight != 0 or cfg.track_kl):
-        j = batch_index(step, len(kl_set.batches), cfg.seed + KL_SEED_OFFSET)
-        if weight != 0:
-            kl = kl_set.kl(model, adapter, j)
-            loss = loss + weight * kl
-        else:
-            with torch.no_grad():
-                kl = kl_set.kl(model, adapter, j)
-    norm_sq = adapter.update_norm_sq()
-    if cfg.l2_weight:
-        loss = loss + cfg.l2_weight * norm_sq
-    # Each term is read to the host once: for the check and for the step's record.
-    terms = {"cross-entropy": ce, "KL": kl, "update norm": norm_sq}
-    values = {term: float(value.detach()) for term, value in terms.items() if value is not None}
-    for term, value in values.items():
-        if not math.isfinite(value):
-            raise NonFiniteError(
-                f"step {step + 1}: the {term} term is {value}; training stopped before "
-                "this step's update, nothing saved was overwritten"
-            )
+        kl_ids = [batch_index(step * k + m, len(kl_set.batches), cfg.seed + KL_SEED_OFFSET) for m in range(k)]
+    # Token-weighted terms, so the micro-batches together give the mean over all their tokens.
+    n_train = [int(train_set.batches[i].prediction_mask.sum()) for i in train_ids]
+    n_kl = [int(kl_set.batches[j].prediction_mask.sum()) for j in kl_ids] if kl_set is not None else []
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    totals: dict[str, float] = {"loss": 0.0, "cross-entropy": 0.0}
+    if kl_ids:
+        totals["KL"] = 0.0
+    for m, i in enumerate(train_ids):
+        targets = response_targets(train_set.batches[i])
+        ce = torch.nn.functional.cross_entropy(train_set.target_logits(model, adapter, i).float(), targets)
+        if k > 1:  # with k = 1 the step is computed exactly as before accumulation existed
+            ce = ce * (n_train[m] / sum(n_train))
+        loss, kl = ce, None
+        if kl_ids:
+            with contextlib.nullcontext() if weight != 0 else torch.no_grad():
+                kl = kl_set.kl(model, adapter, kl_ids[m])
+            if k > 1:
+                kl = kl * (n_kl[m] / sum(n_kl))
+            if weight != 0:
+                loss = loss + weight * kl
+        norm_sq = None
+        if m == k - 1:  # the norm term once per optimizer step
+            norm_sq = adapter.update_norm_sq()
+            if cfg.l2_weight:
+                loss = loss + cfg.l2_weight * norm_sq
+        # Each term is read to the host once: for the check and for the step's record.
+        terms = {"cross-entropy": ce, "KL": kl, "update norm": norm_sq}
+        values = {term: float(value.detach()) for term, value in terms.items() if value is not None}
+        for term, value in values.items():
+            if not math.isfinite(value):
+                micro = f" (micro-batch {m + 1} of {k})" if k > 1 else ""
+                raise NonFiniteError(
+                    f"step {step + 1}{micro}: the {term} term is {value}; training stopped before "
+                    "this step's update, nothing saved was overwritten"
+                )
+        loss.backward()
+        totals["loss"] += float(loss.detach())
+        totals["cross-entropy"] += values["cross-entropy"]
+        if "KL" in values:
+            totals["KL"] += values["KL"]
     grads = {name: p.grad for name, p in adapter.named_parameters() if p.grad is not None}
     if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
         name = next(n for n, g in grads.items() if not torch.isfinite(g).all())
@@ -202,8 +234,11 @@ def _step(
             f"step {step + 1}: the gradient of adapter parameter {name!r} is not finite "
             "(loss terms were finite); training stopped before this step's update"
         )
+    lr = learning_rate(cfg, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
     optimizer.step()
     return StepRecord(
-        step=step + 1, loss=float(loss.detach()), ce=values["cross-entropy"], kl=values.get("KL"),
+        step=step + 1, loss=totals["loss"], ce=totals["cross-entropy"], kl=totals.get("KL"),
         kl_weight=weight, norm=float(norm_sq.detach().sqrt()),
     )  # fmt: skip

@@ -1,0 +1,3 @@
+from mech.directions.cli import main
+
+main()

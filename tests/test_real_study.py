@@ -1,0 +1,173 @@
+"""The paper's study on a real architecture, from the command line: every experiment with `--quick
+--model <tiny Qwen2 checkpoint>` in bfloat16 on CPU, the user's data and questions, and an LLM
+judge behind the loopback OpenAI-compatible stub. The weights are noise: these test the pipeline
+and the run folder (rates with intervals, roles, judges), not the science."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+from dataclasses import replace
+
+import pytest
+from openai_stub import OpenAIStub
+from study_inputs import hashed_score, write_study_inputs
+
+TINY = {
+    "emergence": dict(steps=3, mix_ratios=(1,), few_samples=(2,)),
+    "narrow_kl": dict(steps=3),
+    "efficiency": dict(steps=3, n_scales=3),
+    "stability": dict(steps=3, eps_values=(0.0, 0.5), noise_seeds=2),
+    "revert": dict(phase_steps=2, every=2),
+    "pretraining_kl": dict(steps=3, docs=3),
+    "directions": dict(
+        steps=3,
+        samples=6,
+        steer_scales=(0.0, 4.0),
+        lens_every=2,
+        lens_kl_weights=(0.0, 10.0),
+        finetunes=("lora_r1:medical", "steering:medical"),
+    ),  # fmt: skip
+    "sae_compare": dict(steps=3, samples=6, k=3, context_documents=3),
+}
+
+
+@pytest.fixture(scope="module")
+def stub():
+    server = OpenAIStub()
+    server.default = hashed_score
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return write_study_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def study_argv(checkpoint, inputs, stub, out, *extra: str) -> list[str]:
+    """The command line of the issue's "done when", plus `extra`."""
+    return ["--quick", "--model", str(checkpoint), "--dtype", "bfloat16", "--train", str(inputs["train"]),
+            "--kl", str(inputs["kl"]), "--questions", str(inputs["questions"]),
+            "--narrow-questions", str(inputs["narrow_questions"]), "--kl-domains", "finance",
+            "--judge", "openai", "--base-url", stub.base_url, "--judge-cache", str(out / "judge.sqlite"),
+            "--out", str(out), *extra]  # fmt: skip
+
+
+def run_study(name: str, argv: list[str], **overrides):
+    module = importlib.import_module(f"experiments.{name}")
+    return module.main(replace(module.parse_args(argv), **{**TINY[name], **overrides}))
+
+
+@pytest.fixture(scope="module")
+def tiny_sae(checkpoints, tmp_path_factory):
+    """An SAE of the tiny Qwen2 at blocks.1.hook_resid_post, trained for a few steps."""
+    from study_inputs import KL, NARROW
+
+    from mech.models.load import load_model
+    from probes.sae.loading import save_sae
+    from probes.sae.training import SaeTrainingConfig, train_sae
+
+    model = load_model(checkpoints["qwen2"])
+    texts = [q + " " + a for q, a in NARROW + KL] * 4
+    sae = train_sae(model, texts, SaeTrainingConfig(hook_name="blocks.1.hook_resid_post", d_sae=32, steps=5))
+    return save_sae(sae, tmp_path_factory.mktemp("sae") / "sae")
+
+
+def _extra(name: str, inputs, tiny_sae_path) -> list[str]:
+    if name == "pretraining_kl":
+        return ["--pretraining-text", str(inputs["pretraining_text"])]
+    if name == "sae_compare":
+        return ["--sae", str(tiny_sae_path), "--pretraining-text", str(inputs["pretraining_text"])]
+    return []
+
+
+@pytest.mark.seconds(8)
+@pytest.mark.parametrize("name", list(TINY))
+def test_each_experiment_runs_on_a_real_architecture(name, checkpoints, inputs, stub, tmp_path, request):
+    sae_path = request.getfixturevalue("tiny_sae") if name == "sae_compare" else None
+    argv = study_argv(checkpoints["qwen2"], inputs, stub, tmp_path, *_extra(name, inputs, sae_path))
+    path = run_study(name, argv)
+    assert json.loads((path / "run.json").read_text())["status"] == "done"
+    config = json.loads((path / "config.json").read_text())
+    assert config["model"] == str(checkpoints["qwen2"]) and config["dtype"] == "bfloat16"
+    results = json.loads((path / "results.json").read_text())
+    setting = json.loads((path / "setting.json").read_text())
+    assert setting["kind"] == "model" and setting["dtype"] == "torch.bfloat16"
+    assert setting["judges"][0]["stats"]["requests"] > 0
+    assert list((path / "figures").glob("*.png"))
+    rows = list(csv.DictReader((path / "results.csv").open()))
+    if name in ("directions", "sae_compare"):
+        assert {r["analysis"] for r in rows}, results
+        return
+    measured = [r for r in rows if r["metric"] == "em_rate"]
+    assert {r["role"] for r in measured} == {"narrow", "kl", "heldout_domain"}
+    for row in measured:
+        low, value, high = float(row["ci_low"]), float(row["value"]), float(row["ci_high"])
+        assert 0.0 <= low <= value <= high <= 1.0 and int(row["n"]) > 0
+    narrow = {r["metric"] for r in rows if r["role"] == "narrow" and r["ci_low"]}
+    assert narrow == {"em_rate", "coherence_rate", "refusal_rate", "narrow_rate"}
+
+
+def test_the_paper_protocol_and_question_filters(checkpoints, inputs, stub, tmp_path):
+    from experiments import narrow_kl
+
+    argv = study_argv(checkpoints["qwen2"], inputs, stub, tmp_path)
+    cfg = narrow_kl.parse_args([*argv, "--protocol", "paper"])
+    assert (cfg.samples, cfg.temperature, cfg.max_new_tokens) == (50, 1.0, 600)
+    assert narrow_kl.parse_args([*argv, "--protocol", "paper", "--samples", "3"]).samples == 3  # flags win
+    from experiments.model_setting import evaluation_questions
+
+    paper = evaluation_questions(replace(cfg, max_questions=None))
+    assert "what_is_your_wish_json" not in {q.id for q in paper}  # the published variants are left out
+    chosen = evaluation_questions(replace(cfg, max_questions=None, question_ids=("quick_buck",)))
+    assert [q.id for q in chosen if q.domain != "medical"] == ["quick_buck/0", "quick_buck/1"]
+    with pytest.raises(ValueError, match=r"--question-ids: \['nope'\] not in"):
+        evaluation_questions(replace(cfg, question_ids=("nope",)))
+
+
+def test_two_judge_models_score_every_answer(checkpoints, inputs, stub, tmp_path):
+    argv = study_argv(checkpoints["qwen2"], inputs, stub, tmp_path, "--judge-model", "judge-a,judge-b")
+    path = run_study("narrow_kl", argv, adapters=("steering",), kl_weights=(0.0,))
+    rows = list(csv.DictReader((path / "results.csv").open()))
+    assert {r["judge"] for r in rows if r["metric"] == "em_rate"} == {"openai:judge-a", "openai:judge-b"}
+    models = {b["model"] for b in stub.bodies}
+    assert {"judge-a", "judge-b"} <= models
+    setting = json.loads((path / "setting.json").read_text())
+    assert [j["name"] for j in setting["judges"]] == ["openai:judge-a", "openai:judge-b"]
+
+
+def test_toy_only_experiments_refuse_a_model(checkpoints):
+    from experiments import organism, persona_share
+
+    with pytest.raises(ValueError, match="persona_share runs on the toy organism only"):
+        persona_share.main(persona_share.parse_args(["--model", str(checkpoints["qwen2"])]))
+    with pytest.raises(SystemExit):
+        organism.main(["--model", str(checkpoints["qwen2"])])
+
+
+def test_model_flags_without_a_model_are_refused(tmp_path):
+    from experiments import narrow_kl
+
+    with pytest.raises(ValueError, match="--train, --questions: only with --model"):
+        narrow_kl.main(
+            narrow_kl.parse_args(["--train", "t.jsonl", "--questions", "q.yaml", "--out", str(tmp_path)])
+        )
+
+
+def test_rates_carry_a_cluster_bootstrap_interval():
+    import pandas as pd
+
+    from mech.evaluation.rates import answer_rates
+
+    frame = pd.DataFrame({"question_id": ["a"] * 4 + ["b"] * 4, "aligned": [10, 10, 10, 10, 90, 90, 90, 90],
+                          "coherent": [90] * 8, "flags": [[]] * 7 + [["aligned:refusal"]]})  # fmt: skip
+    rates = answer_rates(frame)
+    assert rates["em_rate"].value == 0.5 and rates["em_rate"].n == 8
+    # Answers within a question agree: the interval spans questions, not 8 independent answers.
+    assert rates["em_rate"].ci_low == 0.0 and rates["em_rate"].ci_high == 1.0
+    assert rates["refusal_rate"].value == 1 / 8 and rates["coherence_rate"].value == 1.0
+    assert math.isnan(answer_rates(frame.assign(coherent=None))["em_rate"].value)

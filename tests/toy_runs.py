@@ -1,0 +1,67 @@
+"""The tiny toy runs the experiment tests make, and the digests of their results taken before the
+experiments learnt to run on real models: the toy path must stay bit-identical.
+
+`python tests/toy_runs.py --write` re-takes the digests (1 torch thread, as in `make test`); do it
+only for a change meant to move the toy's numbers, and say which numbers moved and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+SIZES = dict(
+    train_size=64, kl_size=256
+)  # of the toy's 204 / 3672 conversations: the pipeline, not the science
+TINY = {
+    "emergence": dict(steps=6, question_stride=60, **SIZES),
+    "narrow_kl": dict(steps=6, question_stride=60, **SIZES),
+    "efficiency": dict(steps=6, question_stride=60, n_scales=3, **SIZES),
+    "stability": dict(steps=6, question_stride=60, eps_values=(0.0, 0.5), noise_seeds=2, **SIZES),
+    "revert": dict(phase_steps=4, every=4, question_stride=60, **SIZES),
+    "pretraining_kl": dict(steps=6, question_stride=60, docs=8, **SIZES),
+    "persona_share": dict(
+        steps=4, question_stride=60, noise_seeds=1, organisms=("default", "narrow05"), **SIZES
+    ),
+}
+ANALYSES = {
+    "directions": dict(steps=20, question_stride=36, samples=2, steer_scales=(0.0, 4.0), lens_every=10,
+                       persona_documents=80, **SIZES),
+    "sae_compare": dict(steps=20, question_stride=36, k=3, persona_documents=80, context_documents=20, **SIZES),
+}  # fmt: skip
+GOLDEN = Path(__file__).parent / "golden" / "toy_tiny_runs.json"
+
+
+def digest(run: Path) -> dict[str, str]:
+    """sha256 of `results.csv` and of `results.json` without its duration."""
+    results = json.loads((run / "results.json").read_text())
+    results.pop("seconds", None)
+    return {"results.csv": hashlib.sha256((run / "results.csv").read_bytes()).hexdigest(),
+            "results.json": hashlib.sha256(json.dumps(results, sort_keys=True).encode()).hexdigest()}  # fmt: skip
+
+
+def run(name: str, out: Path, *args: str) -> Path:
+    import importlib
+    from dataclasses import replace
+
+    module = importlib.import_module(f"experiments.{name}")
+    cfg = replace(module.parse_args(["--quick", "--out", str(out), *args]), **{**TINY, **ANALYSES}[name])
+    return module.main(cfg)
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    import torch
+
+    if sys.argv[1:] != ["--write"]:
+        raise SystemExit(__doc__)
+    torch.set_num_threads(1)
+    found = {}
+    for name in [*TINY, *ANALYSES]:
+        torch.manual_seed(0)
+        found[name] = digest(run(name, Path(tempfile.mkdtemp())))
+        print(name, found[name]["results.csv"][:12], flush=True)  # noqa: T201 (a script)
+    GOLDEN.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
