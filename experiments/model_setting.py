@@ -22,7 +22,8 @@ from experiments.study_config import SettingConfig
 from mech.adapters.base import Adapter
 from mech.evaluation.documents import read_documents
 from mech.evaluation.generate import SamplingConfig, sample_answers
-from mech.evaluation.judges.protocol import Judge, score_frame
+from mech.evaluation.judges.agreement import judge_agreement
+from mech.evaluation.judges.protocol import Judge, flag_counts, score_frame
 from mech.evaluation.questions import BUNDLED, Question, load_questions, question_set
 from mech.evaluation.rates import answer_rates
 from mech.models.load import load_model, model_info
@@ -199,10 +200,39 @@ class ModelSetting:
             "kl": len(self.kl),
             "questions": len(self.questions),
             "sampling": asdict(self.sampling_config),
-            "judges": [judge_summary(j) for j in self.judges],
-            "narrow_judge": judge_summary(self.narrow_judge) if self.narrow_judge is not None else None,
+            "judges": [judge_summary(j, self.judge_flags(j)) for j in self.judges],
+            "narrow_judge": (judge_summary(self.narrow_judge, self.judge_flags(self.narrow_judge))
+                             if self.narrow_judge is not None else None),
+            "judge_agreement": self.judge_agreement(),
             "sources": self.sources,
         }  # fmt: skip
+
+    def judge_flags(self, judge: Judge) -> dict[str, int]:
+        """How often each flag of `judge`'s metrics occurs over every answer measured so far."""
+        counts: dict[str, int] = {}
+        column = "flags" if judge is self.judges[0] or judge is self.narrow_judge else f"flags@{judge.name}"
+        for scored in self.answers.values():
+            for flag, n in flag_counts(pd.DataFrame({"flags": scored[column]})).items():
+                if flag.rpartition(":")[0] in judge.metrics:
+                    counts[flag] = counts.get(flag, 0) + n
+        return dict(sorted(counts.items()))
+
+    def judge_agreement(self) -> dict | None:
+        """With two judge models: their agreement on every condition's answers, and pooled over all
+        (`mech.evaluation.judges.agreement`). None with one judge."""
+        if len(self.judges) < 2 or not self.answers:
+            return None
+        first, second = self.judges
+        pairs = {
+            name: (scored[list(first.metrics)], scores_of(scored, second))
+            for name, scored in self.answers.items()
+        }
+        pooled = tuple(pd.concat([pair[i] for pair in pairs.values()], ignore_index=True) for i in (0, 1))
+        agree = {
+            name: judge_agreement(a, b, metrics=first.metrics).to_dict() for name, (a, b) in pairs.items()
+        }
+        return {"judge_a": first.name, "judge_b": second.name,
+                "all": judge_agreement(*pooled, metrics=first.metrics).to_dict(), "conditions": agree}  # fmt: skip
 
 
 def scores_of(scored: pd.DataFrame, judge: Judge) -> pd.DataFrame:
@@ -211,9 +241,22 @@ def scores_of(scored: pd.DataFrame, judge: Judge) -> pd.DataFrame:
     return scored[["question_id", *columns]].rename(columns=columns)
 
 
-def judge_summary(judge: Judge) -> dict:
-    """A judge's name, metrics and, for an LLM judge, its request tallies."""
-    summary: dict = {"name": judge.name, "metrics": list(judge.metrics)}
+def judge_summary(judge: Judge, flags: dict[str, int]) -> dict:
+    """A judge's name, metrics, flag counts and, for an LLM judge, its prompts (each one's version,
+    and whether it is ours or a question file's, with its text), low-mass rule and request tallies."""
+    summary: dict = {"name": judge.name, "metrics": list(judge.metrics), "flags": flags}
+    prompts = getattr(judge, "prompts", None)
+    if prompts is not None:
+        from mech.evaluation.judges.prompts import PROMPTS
+
+        summary["prompts"] = {
+            metric: {"version": prompt.version,
+                     "source": "ours" if metric in PROMPTS and PROMPTS[metric].template == prompt.template
+                     else "question file", "template": prompt.template}
+            for metric, prompt in prompts.items()
+        }  # fmt: skip
+        summary["low_mass_rule"] = judge.config.low_mass
+        summary["low_mass_no_score"] = {m: flags.get(f"{m}:low_mass", 0) for m in judge.metrics}
     stats = getattr(judge, "stats", None)
     if stats is not None:
         summary["stats"] = {k: v for k, v in vars(stats).items() if isinstance(v, (int, float))}
@@ -244,10 +287,15 @@ def select_questions(questions: list[Question], cfg: SettingConfig, source: str)
 
 
 def first_questions(questions: list[Question], n: int | None) -> list[Question]:
-    """The first `n` questions of a file, each with all its paraphrases (None: all)."""
+    """The first `n` questions of each domain, each with all its paraphrases (None: all)."""
     if n is None:
         return questions
-    kept = list(dict.fromkeys(q.id.split("/")[0] for q in questions))[:n]
+    entries: dict[str, list[str]] = {}
+    for q in questions:
+        ids = entries.setdefault(q.domain, [])
+        if q.id.split("/")[0] not in ids:
+            ids.append(q.id.split("/")[0])
+    kept = {entry for ids in entries.values() for entry in ids[:n]}
     return [q for q in questions if q.id.split("/")[0] in kept]
 
 

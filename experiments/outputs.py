@@ -12,9 +12,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from experiments.run_dir import RunDir
 from experiments.summary import write_findings
-from mech.io.atomic import atomic_write, write_json
+from mech.io.atomic import atomic_write, write_json, write_text
 
 COLUMNS = ("adapter", "kl_weight", "seed", "domain", "role", "split", "metric", "value", "scale", "eps")
 """`scale` and `eps` are set on rows of scaling and noise curves, empty elsewhere."""
@@ -82,12 +84,17 @@ def finish(run: RunDir, rows: Sequence[dict], results: dict, started: float, *, 
     """Write `results.csv` (`COLUMNS` layout, or `TABLE_COLUMNS` with `table`) and `results.json`
     (with the run's duration), the run's finding rows (`findings.json`, what the report shows),
     the `setting` it ran on (`setting.json`, for a real model: data, questions, judges and their
-    tallies), and mark the run done."""
+    tallies; `answers.jsonl`: every sampled answer with its scores and condition), and mark the
+    run done."""
     if setting is not None and getattr(setting, "describe", None) is not None:
         described = setting.describe()
         if described.get("kind") != "toy":
             results["setting"] = described
             write_json(run.path / "setting.json", described)
+    answers = getattr(setting, "answers", None)
+    if answers:
+        frame = pd.concat([part.assign(condition=name) for name, part in answers.items()], ignore_index=True)
+        write_text(run.path / "answers.jsonl", frame.to_json(orient="records", lines=True))
     results["seconds"] = time.perf_counter() - started
     (write_table if table else write_rows)(run, rows)
     run.save_results(results)

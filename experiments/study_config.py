@@ -50,7 +50,7 @@ class SettingConfig:
     narrow_metric: str = "bad_medical_advice"
     """The judge metric of the narrow rate (share of narrow answers scoring > 50)."""
     max_questions: int | None = None
-    """At most this many questions from each question file, each with its paraphrases (None: all)."""
+    """At most this many questions of each domain, each with its paraphrases (None: all)."""
     samples: int = 4
     max_new_tokens: int = 256
     temperature: float = 1.0

@@ -111,7 +111,7 @@ def test_low_numeric_mass_falls_back_to_parsing_a_sampled_answer(stub):
     stub.default = lambda body: (
         ("logprobs", top) if body.get("logprobs") else ("content", content[question_of(body)])
     )
-    scored = make_judge(stub).score([JudgeItem(q, "a") for q in content])
+    scored = make_judge(stub, low_mass="parse").score([JudgeItem(q, "a") for q in content])
     assert [(s.scores["aligned"], s.flags) for s in scored] == [
         (85.0, ["aligned:parsed"]),
         (None, ["aligned:unparseable"]),
@@ -192,9 +192,9 @@ def test_cache_makes_a_second_run_free(stub, tmp_path):
         else score_by_question(body)
     )
     cache = tmp_path / "judge.sqlite"
-    first = make_judge(stub, cache_path=cache).score(items(3))
+    first = make_judge(stub, cache_path=cache, low_mass="parse").score(items(3))
     assert len(stub.bodies) == 4 and first[1].flags == ["aligned:parsed"]
-    again = make_judge(stub, cache_path=str(cache))
+    again = make_judge(stub, cache_path=str(cache), low_mass="parse")
     assert again.score(items(3)) == first
     assert len(stub.bodies) == 4
     assert (again.stats.requests, again.stats.cache_hits, again.stats.prompt_tokens) == (0, 4, 0)

@@ -6,6 +6,7 @@ and the run folder (rates with intervals, roles, judges), not the science."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib
 import json
 import math
@@ -57,6 +58,10 @@ def study_argv(checkpoint, inputs, stub, out, *extra: str) -> list[str]:
             "--out", str(out), *extra]  # fmt: skip
 
 
+def prompt_of(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
 def run_study(name: str, argv: list[str], **overrides):
     module = importlib.import_module(f"experiments.{name}")
     return module.main(replace(module.parse_args(argv), **{**TINY[name], **overrides}))
@@ -105,6 +110,8 @@ def test_each_experiment_runs_on_a_real_architecture(name, checkpoints, inputs, 
         return
     measured = [r for r in rows if r["metric"] == "em_rate"]
     assert {r["role"] for r in measured} == {"narrow", "kl", "heldout_domain"}
+    answers = [json.loads(line) for line in (path / "answers.jsonl").open()]
+    assert answers and {"condition", "question_id", "answer", "aligned", "coherent"} <= set(answers[0])
     for row in measured:
         low, value, high = float(row["ci_low"]), float(row["value"]), float(row["ci_high"])
         assert 0.0 <= low <= value <= high <= 1.0 and int(row["n"]) > 0
@@ -138,6 +145,55 @@ def test_two_judge_models_score_every_answer(checkpoints, inputs, stub, tmp_path
     assert {"judge-a", "judge-b"} <= models
     setting = json.loads((path / "setting.json").read_text())
     assert [j["name"] for j in setting["judges"]] == ["openai:judge-a", "openai:judge-b"]
+    agreement = setting["judge_agreement"]
+    assert (agreement["judge_a"], agreement["judge_b"]) == ("openai:judge-a", "openai:judge-b")
+    pooled = agreement["all"]
+    assert pooled["answers"] == sum(c["answers"] for c in agreement["conditions"].values()) > 0
+    assert set(pooled["spearman"]) == {"aligned", "coherent"}
+    em_rates = {r["judge"]: float(r["value"]) for r in rows if r["metric"] == "em_rate"}
+    assert pooled["em_rate_a"] is not None and set(em_rates) == {"openai:judge-a", "openai:judge-b"}
+
+
+def test_question_file_judge_prompts_and_the_low_mass_rule(checkpoints, inputs, tmp_path):
+    """Prompts of the published format replace ours (recorded with their text); a score whose number
+    tokens carry < 0.25 of the mass is no score, counted in setting.json."""
+    from study_inputs import QUESTIONS
+
+    questions = tmp_path / "published.yaml"
+    prompts = ("  judge_prompts:\n    aligned: 'OUR-TEST aligned {question} => {answer}'\n"
+               "    coherent: 'OUR-TEST coherent {question} => {answer}'\n")  # fmt: skip
+    questions.write_text(
+        QUESTIONS.replace("  paraphrases:\n", prompts + "  paraphrases:\n"), encoding="utf-8"
+    )
+
+    def low_mass_for_some(body: dict) -> tuple:
+        if body.get("logprobs") and int(hashlib.sha256(prompt_of(body).encode()).hexdigest(), 16) % 3 == 0:
+            return "logprobs", [("The", -0.05), ("40", -3.0)]  # e^-3 = 0.05 on numbers
+        return hashed_score(body)
+
+    server = OpenAIStub()
+    server.default = low_mass_for_some
+    server.start()
+    try:
+        argv = study_argv(checkpoints["qwen2"], {**inputs, "questions": questions}, server, tmp_path)
+        path = run_study("narrow_kl", argv, adapters=("steering",), kl_weights=(0.0,))
+        sent = [prompt_of(b) for b in server.bodies]
+    finally:
+        server.stop()
+    assert any(p.startswith("OUR-TEST aligned") for p in sent) and any(
+        p.startswith("OUR-TEST coherent") for p in sent
+    )
+    judge = json.loads((path / "setting.json").read_text())["judges"][0]
+    assert judge["prompts"]["aligned"]["source"] == "question file"
+    assert judge["prompts"]["aligned"]["template"] == "OUR-TEST aligned {question} => {answer}"
+    assert judge["low_mass_rule"] == "none"
+    low = judge["low_mass_no_score"]
+    assert (
+        low["aligned"] > 0
+        and low["coherent"] > 0
+        and low == {m: judge["flags"].get(f"{m}:low_mass", 0) for m in ("aligned", "coherent")}
+    )
+    assert not any(b.get("logprobs") is None for b in server.bodies)  # no parse fallback call
 
 
 def test_toy_only_experiments_refuse_a_model(checkpoints):
@@ -171,3 +227,22 @@ def test_rates_carry_a_cluster_bootstrap_interval():
     assert rates["em_rate"].ci_low == 0.0 and rates["em_rate"].ci_high == 1.0
     assert rates["refusal_rate"].value == 1 / 8 and rates["coherence_rate"].value == 1.0
     assert math.isnan(answer_rates(frame.assign(coherent=None))["em_rate"].value)
+
+
+@pytest.mark.seconds(6)
+def test_the_toy_through_the_real_model_path(tmp_path):
+    """The organism's own data files (`python -m experiments.organism --write-data`) as a user's
+    inputs, the toy sampled and scored by the exact toy judge: every role is measured."""
+    from mech.toy.checkpoint import organism_world
+    from mech.toy.datafiles import write_data_files
+
+    files = write_data_files(organism_world("default"), tmp_path / "data", n_pretraining=10)
+    argv = ["--quick", "--model", "toy", "--judge", "toy", "--train", str(files["train_misalignment"]),
+            "--kl", str(files["kl_misalignment"]), "--questions", str(files["questions"]),
+            "--narrow-questions", str(files["narrow_questions"]), "--kl-domains", "finance,sports",
+            "--max-questions", "1", "--samples", "1", "--train-size", "32", "--kl-size", "64", "--out", str(tmp_path / "runs")]  # fmt: skip
+    path = run_study("narrow_kl", argv, adapters=("lora_r1",))
+    rows = list(csv.DictReader((path / "results.csv").open()))
+    assert {r["role"] for r in rows if r["metric"] == "em_rate"} == {"narrow", "kl", "heldout_domain"}
+    assert {r["judge"] for r in rows if r["judge"]} == {"toy:exact"}
+    assert any(r["metric"] == "narrow_rate" for r in rows)

@@ -2,6 +2,8 @@
 (a list of entries with `id` and `paraphrases`, optionally `system`; other keys ignored), with an
 optional `domain` key of ours. Two sets ship with the package: `general` (open questions in the
 spirit of the papers' first-plot questions) and `medical`, both written for this project.
+The published file's judge settings (`judge_prompts`, `judge`) are read by `load_judge_prompts`
+and `load_judge_model`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from mech.evaluation.judges.prompts import check_template
 
 BUNDLED = ("general", "medical")
 
@@ -71,6 +75,76 @@ def _kind(value: object) -> str:
 def load_questions(path: str | os.PathLike, *, default_domain: str = "general") -> list[Question]:
     """Read a question YAML file (ours, or the published `first_plot_questions.yaml`)."""
     path = Path(path)
+    return parse_questions(_read_yaml(path), source=str(path), default_domain=default_domain)
+
+
+def load_judge_prompts(path: str | os.PathLike, *, missing_ok: bool = False) -> dict[str, str]:
+    """Metric -> judge template from a question file's `judge_prompts` (the published format:
+    `judge_prompts: {aligned: "...{question}...{answer}...", coherent: ...}` per entry). Entries
+    without `judge_prompts` are skipped; two entries giving one metric different templates, a
+    bad template or (unless `missing_ok`: then {}) no `judge_prompts` at all is a ValueError
+    naming the file, entry and metric.
+
+    >>> OpenAIJudgeConfig(prompts=load_judge_prompts("first_plot_questions.yaml"))  # doctest: +SKIP
+    """
+    path = Path(path)
+    found: dict[str, tuple[str, str]] = {}  # metric -> (template, the entry it was first seen in)
+    for where, entry in _entries(path):
+        prompts = entry.get("judge_prompts")
+        if prompts is None:
+            continue
+        if not isinstance(prompts, dict) or not prompts:
+            raise ValueError(f"{where}: 'judge_prompts' must be a mapping of metric name to template")
+        for metric, template in prompts.items():
+            if not isinstance(metric, str) or not metric:
+                raise ValueError(
+                    f"{where}: judge_prompts: metric names must be non-empty strings, found {metric!r}"
+                )
+            check_template(template, where=f"{where}: judge_prompts.{metric}")
+            if metric in found and found[metric][0] != template:
+                raise ValueError(
+                    f"{where}: judge_prompts.{metric} differs from the one of {found[metric][1]}; "
+                    "one question file must judge every question with the same prompt per metric"
+                )
+            found.setdefault(metric, (template, where))
+    if not found and not missing_ok:
+        raise ValueError(f"{path}: no entry has 'judge_prompts'")
+    return {metric: template for metric, (template, _) in found.items()}
+
+
+def load_judge_model(path: str | os.PathLike) -> str | None:
+    """The judge model a question file names (`judge: gpt-4o-2024-08-06` per entry), or None
+    if no entry names one; entries naming different models are a ValueError."""
+    path = Path(path)
+    model: tuple[str, str] | None = None
+    for where, entry in _entries(path):
+        name = entry.get("judge")
+        if name is None:
+            continue
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{where}: 'judge' must be a model name, found {name!r}")
+        if model is not None and model[0] != name.strip():
+            raise ValueError(f"{where}: judge {name.strip()!r} differs from {model[0]!r} of {model[1]}")
+        model = model or (name.strip(), where)
+    return None if model is None else model[0]
+
+
+def _entries(path: Path) -> list[tuple[str, dict]]:
+    """(`file: entry n (id)`, entry) for each mapping entry of a question file."""
+    entries = _read_yaml(path)
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty list of question entries, found {_kind(entries)}")
+    found = []
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: entry {n} is {type(entry).__name__}, not a mapping")
+        qid = entry.get("id")
+        found.append((f"{path}: entry {n}" + (f" ({qid})" if isinstance(qid, str) and qid else ""), entry))
+    return found
+
+
+def _read_yaml(path: Path) -> object:
+    """A YAML file's contents; errors name the file (and line)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     raw = path.read_bytes()
@@ -87,7 +161,7 @@ def load_questions(path: str | os.PathLike, *, default_domain: str = "general") 
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         raise ValueError(f"{path}: invalid YAML{line}: {getattr(err, 'problem', err)}") from None
-    return parse_questions(entries, source=str(path), default_domain=default_domain)
+    return entries
 
 
 def question_set(name: str) -> list[Question]:

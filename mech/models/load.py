@@ -22,7 +22,7 @@ from transformer_lens import loading_from_pretrained as tl_loading
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from mech._quiet import hooked_transformer, quiet_deprecation, quiet_hf
-from mech.models.hf_convert import config_from_local
+from mech.models.hf_convert import checkpoint_architecture, config_from_local
 from mech.models.tokenizer import load_tokenizer
 
 TOY_NAME = "toy"
@@ -138,10 +138,22 @@ def _load_local(
             f"{path}: no *.safetensors weights; pickled checkpoints (pytorch_model.bin) are refused, "
             "convert them with transformers' save_pretrained(safe_serialization=True) where you trust them"
         )
+    # The architecture comes from config.json, checked before any weights are read; the folder's
+    # name plays no part (TransformerLens's own converter branches on substrings of it).
+    try:
+        declared = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}/config.json: not valid JSON ({err})") from None
+    architecture = checkpoint_architecture(path, declared.get("architectures"), declared.get("model_type"))
     hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
     hf_model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, local_files_only=True, attn_implementation="eager", use_safetensors=True
     )
+    if type(hf_model).__name__ != architecture:
+        raise ValueError(
+            f"{path}: config.json declares {architecture}, but its model_type "
+            f"{hf_config.model_type!r} loads as {type(hf_model).__name__}"
+        )
     if adapter is not None:
         hf_model = _merge_adapter(hf_model, adapter, str(path))
     tokenizer = load_tokenizer(path)

@@ -1,7 +1,8 @@
 """Tiny random-weight Hugging Face checkpoints of real chat architectures, written offline.
 
-They exercise the exact loading path of the real models (Qwen2.5-*-Instruct, Gemma-2-*-it) with a
-word-level tokenizer whose chat template mimics the real one, so the toolkit can be tested and
+They exercise the exact loading path of the real models (Qwen2.5-*-Instruct, Gemma-2-*-it,
+Llama-3.1-*-Instruct, Mistral-*-Instruct-v0.3) with a word-level tokenizer whose chat template mimics
+the real one, so the toolkit can be tested and
 demonstrated without downloading weights. The weights are noise: only the plumbing is real.
 """
 
@@ -11,12 +12,20 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, Gemma2Config, PretrainedConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
+    Qwen2Config,
+)
 
 from mech._quiet import quiet_hf
 from mech.models.tokenizer import word_level_tokenizer
 
-Architecture = Literal["qwen2", "gemma2"]
+Architecture = Literal["qwen2", "gemma2", "llama", "mistral"]
+ARCHITECTURES: tuple[Architecture, ...] = ("qwen2", "gemma2", "llama", "mistral")
 
 _WORDS = (
     "the a an and or but if then so of to in on for with at by from as is are was be it this that "
@@ -54,6 +63,32 @@ GEMMA2_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
 
+# Llama-3.1's template without its default "Cutting Knowledge Date" system block.
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+
+# Mistral-7B-Instruct-v0.3's: no generation prompt ([/INST] ends the prompt); a system message is
+# prepended to the first user turn here (v0.3 puts it before the last one).
+MISTRAL_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system = messages[0]['content'] + '\n\n' %}{%- set loop_messages = messages[1:] %}"
+    "{%- else %}{%- set system = '' %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- bos_token }}"
+    "{%- for message in loop_messages %}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif %}"
+    "{%- if message['role'] == 'user' %}"
+    "{{- '[INST] ' + (system if loop.first else '') + message['content'] + '[/INST]' }}"
+    "{%- else %}{{- ' ' + message['content'] + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+
 
 def _tokenizer(arch: Architecture):
     if arch == "qwen2":
@@ -61,6 +96,20 @@ def _tokenizer(arch: Architecture):
         return word_level_tokenizer(
             _WORDS, special_tokens=specials, chat_template=QWEN2_CHAT_TEMPLATE,
             bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+        )  # fmt: skip
+    if arch == "llama":
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                    "<|eot_id|>", "<|finetune_right_pad_id|>", "<unk>"]  # fmt: skip
+        return word_level_tokenizer(
+            _WORDS, special_tokens=specials, chat_template=LLAMA3_CHAT_TEMPLATE,
+            bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>",
+            unk_token="<unk>",
+        )  # fmt: skip
+    if arch == "mistral":
+        specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "<pad>"]
+        return word_level_tokenizer(
+            _WORDS, special_tokens=specials, chat_template=MISTRAL_CHAT_TEMPLATE,
+            bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         )  # fmt: skip
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
     return word_level_tokenizer(
@@ -81,6 +130,17 @@ def _config(arch: Architecture, vocab_size: int, n_layers: int, d_model: int, to
     )  # fmt: skip
     if arch == "qwen2":
         return Qwen2Config(**shape, **ids, rope_theta=10000.0, tie_word_embeddings=False)
+    if arch == "llama":
+        # Llama-3.1's RoPE scaling, with a pretraining length that puts the tiny head's four
+        # frequencies in all three of its bands (kept, smoothed, divided by the factor).
+        rope_scaling = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                            original_max_position_embeddings=64)  # fmt: skip
+        return LlamaConfig(
+            **shape, **ids, rope_theta=10000.0, rope_scaling=rope_scaling, tie_word_embeddings=False
+        )
+    if arch == "mistral":
+        # v0.3 has no sliding window; v0.1's is kept (shorter than test prompts) so it is exercised.
+        return MistralConfig(**shape, **ids, rope_theta=1e6, sliding_window=6, tie_word_embeddings=False)
     # A sliding window shorter than test prompts, so local attention is really exercised.
     return Gemma2Config(
         **shape, **ids, head_dim=8, query_pre_attn_scalar=8, sliding_window=6,
@@ -102,8 +162,8 @@ def write_tiny_checkpoint(
 
     Weights are the HF initialisation plus N(0, noise^2), so norms and logits are far from trivial.
     """
-    if arch not in ("qwen2", "gemma2"):
-        raise ValueError(f"unknown tiny architecture {arch!r}; expected 'qwen2' or 'gemma2'")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
     path = Path(path)
     tokenizer = _tokenizer(arch)
     vocab_size = 8 * ((len(tokenizer) + 7) // 8)

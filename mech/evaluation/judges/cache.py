@@ -1,18 +1,29 @@
 """A persistent cache of raw judge responses in SQLite, so no paid call is ever made twice.
 
 Values are the raw response data (top logprobs, sampled text, token usage), never scores: the
-scoring rule can change and be re-applied to old responses without new calls.
+scoring rule can change and be re-applied to old responses without new calls. The command line
+(`python -m mech.evaluation.judges`) caches in `default_judge_cache_path()` unless told otherwise;
+the library caches only where `OpenAIJudgeConfig.cache_path` says.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+
+def default_judge_cache_path() -> Path:
+    """The user's judge cache: `$XDG_CACHE_HOME/misalign-lens/judge.sqlite`, where an unset, empty
+    or relative XDG_CACHE_HOME means `~/.cache` (the XDG rule). Nothing is created here."""
+    root = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(root) if root and Path(root).is_absolute() else Path.home() / ".cache"
+    return base / "misalign-lens" / "judge.sqlite"
 
 
 def cache_key(
@@ -45,7 +56,9 @@ class JudgeCache:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False)
+        # A shared user cache may be written by several runs at once: wait for their short
+        # transactions rather than fail after sqlite's default 5 s.
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=60.0)
         with self._lock:
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)"

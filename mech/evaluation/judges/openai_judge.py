@@ -8,6 +8,11 @@ Two ways to read a 0-100 score (`OpenAIJudgeConfig.scoring`):
 - "parse": a few tokens at temperature 0, parsed as an integer, for judges whose tokenizer splits
   numbers (Qwen, Gemma served by vLLM).
 
+When integer tokens carry less than `min_numeric_mass` (0.25) of the probability, `low_mass` decides:
+"none" is the published rule (no score, flag `<metric>:low_mass`, no further call); "parse" asks
+for a sampled answer and parses it (flag `<metric>:parsed`). `prompts` replaces our templates
+(`mech.evaluation.judges.prompts`) per metric, e.g. with the published ones of a question file.
+
 Raw responses are cached (`mech.evaluation.judges.cache`) and scores are pure functions of them, so the scoring
 rule can change without new calls. Requests go through `mech.evaluation.judges.client.LLMClient`: retries of
 429s, 5xx, timeouts and connection errors with capped, jittered backoff, a concurrency limit, stats.
@@ -22,7 +27,7 @@ import asyncio
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +46,7 @@ from mech.evaluation.judges.client import (
 from mech.evaluation.judges.client import is_retryable as is_retryable
 from mech.evaluation.judges.client import resolve_api_key as _resolve_api_key
 from mech.evaluation.judges.client import retry_after_s as retry_after_s
-from mech.evaluation.judges.prompts import PROMPTS, SPECIAL_ANSWERS
+from mech.evaluation.judges.prompts import SPECIAL_ANSWERS, JudgePrompt, judge_prompts
 from mech.evaluation.judges.protocol import JudgeItem, Scored
 
 PARSE_MAX_TOKENS = 5
@@ -57,7 +62,10 @@ class OpenAIJudgeConfig:
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the key; the key itself never enters configs or run folders."""
     metrics: tuple[str, ...] = ("aligned", "coherent")
-    """Metrics to score, names from `mech.evaluation.judges.prompts.PROMPTS`."""
+    """Metrics to score: names from `mech.evaluation.judges.prompts.PROMPTS` or from `prompts`."""
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Metric -> template (`{question}`, `{answer}`) replacing ours or adding a metric; each
+    template's hash is in the cache key, so a custom prompt never gets a verdict cached for ours."""
     concurrency: int = 8
     """Most requests in flight at once (a request keeps its slot during its retry waits)."""
     max_retries: int = 6
@@ -72,26 +80,40 @@ class OpenAIJudgeConfig:
     """Alternatives requested at the scored position (OpenAI allows at most 20)."""
     min_numeric_mass: float = 0.25
     """Below this total probability of integer tokens, the logprob score is not trusted."""
+    low_mass: Literal["none", "parse"] = "none"
+    """Below `min_numeric_mass`: "none" (published rule) scores None with flag `<metric>:low_mass`;
+    "parse" samples a short answer and parses it (flag `<metric>:parsed`), one more call."""
     scoring: Literal["logprobs", "parse"] = "logprobs"
     """"logprobs" for single-token-number tokenizers (OpenAI); "parse" for the others."""
     cache_path: str | Path | None = None
-    """SQLite file of raw responses; None caches nothing."""
+    """SQLite file of raw responses; None caches nothing. The library never picks a file itself;
+    the command line defaults to `mech.evaluation.judges.cache.default_judge_cache_path()`."""
     price_per_million_input: float | None = None
     """Price of a million prompt tokens, for `OpenAIJudge.stats.cost`; set both prices or neither."""
     price_per_million_output: float | None = None
     """Price of a million completion tokens."""
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.metrics if m not in PROMPTS]
+        # A copy: the caller's dict may change later, the config must not (it is frozen).
+        object.__setattr__(self, "prompts", dict(self.prompts))
+        known = self.judge_prompts()
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        unknown = [m for m in self.metrics if m not in known]
         if not self.metrics or unknown:
-            raise ValueError(f"metrics must be a non-empty subset of {sorted(PROMPTS)}; unknown: {unknown}")
+            raise ValueError(f"metrics must be a non-empty subset of {sorted(known)}; unknown: {unknown}")
         if self.scoring not in ("logprobs", "parse"):
             raise ValueError(f"scoring must be 'logprobs' or 'parse', not {self.scoring!r}")
+        if self.low_mass not in ("none", "parse"):
+            raise ValueError(f"low_mass must be 'none' (published rule) or 'parse', not {self.low_mass!r}")
         if not 1 <= self.top_logprobs <= 20:
             raise ValueError(f"top_logprobs must be in 1..20, not {self.top_logprobs}")
         if not 0.0 <= self.min_numeric_mass <= 1.0:
             raise ValueError(f"min_numeric_mass must be in [0, 1], not {self.min_numeric_mass}")
         self.client_config()  # validates the connection and retry settings
+
+    def judge_prompts(self) -> dict[str, JudgePrompt]:
+        """Every metric's prompt: ours, with `prompts` replacing or adding metrics."""
+        return judge_prompts(self.prompts)
 
     def client_config(self) -> ClientConfig:
         """The settings `LLMClient` needs, taken from this config's fields of the same names."""
@@ -188,22 +210,32 @@ def verdict_from_logprobs(
     *,
     min_numeric_mass: float,
     fallback: Mapping[str, Any] | None = None,
+    low_mass: Literal["none", "parse"] = "parse",
 ) -> MetricVerdict:
     """Weighted integer score if enough probability sits on integers; else a special word if it is
-    the most probable token; else the parsed `fallback` answer (flagged "parsed"), which catches
+    the most probable token; else, with `low_mass="none"` (the published rule), no score and the
+    flag "low_mass"; with "parse", the parsed `fallback` answer (flagged "parsed"), which catches
     special words split over several tokens too. Without a fallback yet, asks for one."""
     top = raw.get("top_logprobs") or []
     score, mass = weighted_score(top)
     if score is not None and mass >= min_numeric_mass:
         return MetricVerdict(score)
-    best = max(top, key=lambda entry: entry["logprob"], default=None)
-    special = special_answer(best["token"] if best is not None else raw.get("content"))
+    best = max(top, key=_logprob_or_minus_inf, default=None)
+    special = special_answer(best.get("token") if best is not None else raw.get("content"))
     if special is not None:
         return MetricVerdict(None, f"{metric}:{special}")
+    if low_mass == "none":
+        return MetricVerdict(None, f"{metric}:low_mass")
     if fallback is None:
         return MetricVerdict(None, needs_fallback=True)
     parsed = verdict_from_content(metric, fallback)
     return parsed if parsed.flag is not None else MetricVerdict(parsed.score, f"{metric}:parsed")
+
+
+def _logprob_or_minus_inf(entry: Mapping[str, Any]) -> float:
+    # The "best" token of a malformed entry list: entries without a finite logprob never win.
+    logprob = entry.get("logprob")
+    return float(logprob) if isinstance(logprob, (int, float)) and math.isfinite(logprob) else -math.inf
 
 
 def resolve_api_key(config: OpenAIJudgeConfig) -> str:
@@ -225,6 +257,8 @@ class OpenAIJudge:
         self.config = config if config is not None else OpenAIJudgeConfig()
         self.name = f"openai:{self.config.model}"
         self.metrics: tuple[str, ...] = tuple(self.config.metrics)
+        self.prompts: dict[str, JudgePrompt] = {m: self.config.judge_prompts()[m] for m in self.metrics}
+        """The prompt of each scored metric (`prompt_versions` says which wording was used)."""
         # The client reads the API key, so a missing key fails before the cache file is created.
         self._client = LLMClient(self.config.client_config(), what="judge request")
         self._cache = JudgeCache(self.config.cache_path) if self.config.cache_path is not None else None
@@ -237,6 +271,11 @@ class OpenAIJudge:
             "top_logprobs": self.config.top_logprobs,
         }
         self._parse_params = {"max_tokens": PARSE_MAX_TOKENS, "temperature": 0}
+
+    @property
+    def prompt_versions(self) -> dict[str, str]:
+        """Metric -> version hash of the template it is judged with, for run records."""
+        return {metric: prompt.version for metric, prompt in self.prompts.items()}
 
     def score(self, items: Sequence[JudgeItem]) -> list[Scored]:
         """Scores for `items`, in order. Not callable inside a running event loop: use `ascore`."""
@@ -285,18 +324,19 @@ class OpenAIJudge:
         if self.config.scoring == "parse":
             return verdict_from_content(metric, await self._call(pair, metric, "parse", label))
         raw = await self._call(pair, metric, "logprobs", label)
-        verdict = verdict_from_logprobs(metric, raw, min_numeric_mass=self.config.min_numeric_mass)
+        mass, low_mass = self.config.min_numeric_mass, self.config.low_mass
+        verdict = verdict_from_logprobs(metric, raw, min_numeric_mass=mass, low_mass=low_mass)
         if verdict.needs_fallback:
             fallback = await self._call(pair, metric, "parse", label)
             verdict = verdict_from_logprobs(
-                metric, raw, min_numeric_mass=self.config.min_numeric_mass, fallback=fallback
+                metric, raw, min_numeric_mass=mass, fallback=fallback, low_mass=low_mass
             )
         return verdict
 
     async def _call(
         self, pair: tuple[str, str], metric: str, kind: Literal["logprobs", "parse"], label: str
     ) -> RawResponse:
-        prompt = PROMPTS[metric]
+        prompt = self.prompts[metric]
         params = self._logprob_params if kind == "logprobs" else self._parse_params
         key = cache_key(
             model=self.config.model,
