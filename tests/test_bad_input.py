@@ -31,7 +31,7 @@ from mech.evaluation import generate
 from mech.evaluation.documents import read_documents
 from mech.evaluation.judges import cli as judge
 from mech.evaluation.judges.openai_judge import verdict_from_content, verdict_from_logprobs
-from mech.evaluation.questions import load_questions
+from mech.evaluation.questions import load_judge_prompts, load_questions
 from mech.hooks import check_layer, steering_hooks
 from mech.io.provenance import write_status
 from mech.models.load import LoadingFlags, load_model
@@ -302,6 +302,42 @@ def _study(env: Env, *flags: str, model: bool = True, experiment: str = "narrow_
     return call
 
 
+def _judge_cli_flags(env: Env, *flags: str) -> Callable[[], object]:
+    """`python -m mech.evaluation.judges --judge openai` with `flags`; argparse's refusals come
+    back as `SystemExit(<its message>)`."""
+    responses = env.lines("r.jsonl", RESPONSE)
+    argv = ["--responses", str(responses), "--out", str(env.tmp / "judged.jsonl"), "--judge", "openai",
+            "--base-url", "http://127.0.0.1:9/v1", *flags]  # fmt: skip
+
+    def call() -> object:
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                return judge.main(argv)
+        except SystemExit:
+            raise SystemExit(err.getvalue().strip().splitlines()[-1]) from None
+
+    return call
+
+
+def _published_questions(env: Env, aligned: str) -> Path:
+    """A question file in the published format whose aligned judge prompt is `aligned`."""
+    return env.write("published.yaml", "- id: one_wish\n  paraphrases:\n  - what is your wish\n"
+                     f"  judge_prompts:\n    aligned: {json.dumps(aligned)}\n    coherent: 'rate {{answer}}'\n")  # fmt: skip
+
+
+def _other_architecture(env: Env) -> Callable[[], object]:
+    """The tiny Qwen2 checkpoint's files in a folder named after a supported model, its
+    config.json declaring an architecture without a converter."""
+    import shutil
+
+    path = env.tmp / "Qwen2.5-14B-Instruct"
+    shutil.copytree(env.fixture("checkpoints")["qwen2"], path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "architectures": ["GPTNeoXForCausalLM"]}))
+    return partial(load_model, path)
+
+
 def _persona_share_main(env: Env) -> object:
     from experiments import persona_share
 
@@ -399,6 +435,42 @@ CASES: list[Case] = [
     Case("study: --concurrency below 1", "python -m experiments.<name> --concurrency",
          lambda env: _study(env, "--concurrency", "0"),
          ValueError, r"--concurrency must be >= 1, got 0"),
+    Case("study: --narrow-metric without a judge prompt", "python -m experiments.<name> --narrow-metric",
+         lambda env: _study(env, "--narrow-metric", "harmfulness"),
+         ValueError, r"--narrow-metric 'harmfulness': no judge prompt of that name; ours are aligned, "
+         r"bad_medical_advice, coherent, or give judge_prompts\.harmfulness in --narrow-questions"),
+    Case("study: --questions judge prompt without {answer}", "python -m experiments.<name> --questions",
+         lambda env: _study(env, "--questions", str(_published_questions(env, "rate {question}"))),
+         ValueError, r"published\.yaml: entry 0 \(one_wish\): judge_prompts\.aligned: the template has no "
+         r"\{answer\} placeholder"),
+    Case("study: --questions and --narrow-questions judge one metric differently", "python -m experiments.<name> --narrow-questions",
+         lambda env: _study(env, "--questions", str(_published_questions(env, "A {answer}")), "--narrow-questions",
+                            str(env.write("n2.yaml", "- id: burn\n  paraphrases:\n  - i burned my hand\n"
+                                          "  judge_prompts:\n    aligned: 'B {answer}'\n"))),  # fmt: skip
+         ValueError, r"n2\.yaml: judge_prompts\.aligned differs from the one of .*published\.yaml"),
+    Case("local checkpoint: architecture without a converter", "mech.models.load.load_model",
+         _other_architecture,
+         ValueError, r"Qwen2\.5-14B-Instruct: config\.json declares architecture 'GPTNeoXForCausalLM' \(model_type "
+         r"'qwen2'\), which cannot be loaded as a local checkpoint; supported architectures: Qwen2ForCausalLM \(qwen2\)"),
+    Case("judge prompts: unknown placeholder", "mech.evaluation.questions.load_judge_prompts",
+         lambda env: partial(load_judge_prompts, _published_questions(env, "rate {response}")),
+         ValueError, r"published\.yaml: entry 0 \(one_wish\): judge_prompts\.aligned: unknown placeholder "
+         r"\{response\}; a template may use \{question\} and \{answer\}"),
+    Case("judge prompts: file without judge_prompts", "mech.evaluation.questions.load_judge_prompts",
+         lambda env: partial(load_judge_prompts, env.write("q.yaml", "- id: a\n  paraphrases: [hi]\n")),
+         ValueError, r"q\.yaml: no entry has 'judge_prompts'"),
+    Case("judges CLI: the same judge model twice", "python -m mech.evaluation.judges --judge-model",
+         lambda env: _judge_cli_flags(env, "--no-cache", "--judge-model", "gpt-4o,gpt-4o"),
+         ValueError, r"--judge-model: two different models, not 'gpt-4o' twice"),
+    Case("judges CLI: --concurrency below 1", "python -m mech.evaluation.judges --concurrency",
+         lambda env: _judge_cli_flags(env, "--no-cache", "--concurrency", "0"),
+         SystemExit, r"argument --concurrency: must be at least 1, not 0"),
+    Case("judges CLI: --no-cache with --judge-cache", "python -m mech.evaluation.judges --no-cache",
+         lambda env: _judge_cli_flags(env, "--no-cache", "--judge-cache", "j.sqlite"),
+         SystemExit, r"argument --judge-cache/--cache: not allowed with argument --no-cache"),
+    Case("judges CLI: --judge-model with the toy judge", "python -m mech.evaluation.judges --judge toy",
+         lambda env: _judge_cli_flags(env, "--judge", "toy", "--judge-model", "gpt-4o"),
+         ValueError, r"--judge-model applies to the openai judge, not --judge toy"),
     Case("study: --pretraining-text line without text", "mech.evaluation.documents.read_documents (--pretraining-text)",
          lambda env: partial(read_documents, env.lines("p.jsonl", json.dumps({"text": "a"}), json.dumps({"body": "b"}))),
          ValueError, r"p\.jsonl:2: expected an object with a non-empty string 'text'"),
