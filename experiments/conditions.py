@@ -24,19 +24,21 @@ ADAPTER_KINDS = ("steering", "lora_r1", "lora_r8", "lora_r32", "steering_all")
 
 """steering: one vector at the setting's layer (the paper's); lora_r1: rank 1 on that block's W_out
 (the paper's); lora_r8 / lora_r32: every matrix of that block (rsLoRA, the paper's rank-32 kind;
-rank 8 is what the round-2 notes recommend at toy scale); steering_all: a vector at every layer
-(the notes' low-capacity reference)."""
+rank 8 is what the round-2 notes recommend at toy scale); steering_all: a vector entering every
+block, `blocks.n.hook_resid_pre` for every n (the notes' low-capacity reference)."""
 
 
-def make_adapter(kind: str, model: HookedTransformer, layer: int, seed: int, point: str = "pre") -> Adapter:
-    """A fresh adapter of `kind` for block `layer`; a steering vector adds at `hook_resid_<point>`
-    of that block (the toy's enter it, "pre"; a real model's leave it, "post", as in the paper)."""
+def make_adapter(kind: str, model: HookedTransformer, layer: int, seed: int, point: str = "post") -> Adapter:
+    """A fresh adapter of `kind` for block `layer`. Layer L is one place for every kind, as in the
+    paper (vector and rank-1 LoRA both on `layers[L].mlp.down_proj`): a steering vector adds at
+    `blocks.L.hook_resid_<point>` ("post" by default: where block L's output, and so its LoRA,
+    writes), a LoRA adapts block L's matrices."""
     d = model.cfg.d_model
     if kind == "steering":
         return SteeringVector(d, layer=layer, point=point, init_std=0.01, seed=seed)
     if kind == "steering_all":
         vectors = [
-            SteeringVector(d, layer=n, point=point, init_std=0.01, seed=seed + n)
+            SteeringVector(d, layer=n, point="pre", init_std=0.01, seed=seed + n)
             for n in range(model.cfg.n_layers)
         ]
         return AdapterStack(vectors)

@@ -4,10 +4,9 @@
 
 1. Finetunes (no KL: the emergent ones; norm control as in the sweeps) given as `kind:narrow_domain`.
 2. For each, its own answers (sampled, judged by the exact toy judge) give a mean-diff direction
-   at every layer's residual (`hook_resid_pre` on the toy, `hook_resid_post` on a real model:
-   where the setting's steering vectors act; misaligned minus aligned, balanced, token-pooled), run
-   through that finetune; `--direction-layer` (default: the middle, where the adapters enter) is
-   the one used below.
+   at every layer's `hook_resid_post` (where the setting's steering vectors act; misaligned minus
+   aligned, balanced, token-pooled), run through that finetune; `--direction-layer` (default: the
+   setting's layer, where the adapters act) is the one used below.
 3. Steering the chat model with `alpha * d` (alpha = scale x the direction's norm; random
    directions of equal norm as control): EM rate per scale.
 4. The cross-finetune matrix: each direction (and a random one of equal norm) ablated from the
@@ -61,7 +60,8 @@ class Config(SettingConfig):
     off-topic answers, which no judge counts as misaligned."""
     seed: int = 0
     direction_layer: int = -1
-    """-1: the middle layer (n_layers // 2), where the adapters enter."""
+    """-1: the setting's layer (the middle block, n_layers // 2, unless `--layer`), where the
+    adapters act."""
     samples: int = 4
     """Sampled answers per question for the mean-diff directions and probes (and, on a real model,
     for every rate; the toy's rates take one per question)."""

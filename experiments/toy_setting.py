@@ -46,8 +46,9 @@ class ToySetting:
     train_size: int | None = None
     layer_override: int | None = None
     _kl_sets: dict = field(default_factory=dict)
-    steering_point = "pre"
-    """The toy's vectors enter the middle block, where its LoRAs act (the round-2 optimum)."""
+    steering_point = "post"
+    """Layer L means what it means on a real model: vectors add where block L's output (and so its
+    LoRA) writes, `blocks.L.hook_resid_post`, L = the middle block (2 of 4) by default."""
     batch_size = None
     kl_batch_size = KL_BATCH
 

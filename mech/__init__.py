@@ -63,6 +63,18 @@ _EXPORTS = {
     "load_chat_dataset": "mech.training.data",
     "read_chat_jsonl": "mech.training.data",
     "finetune": "mech.training.engine",
+    "SamplingConfig": "mech.evaluation.generate",
+    "sample_answers": "mech.evaluation.generate",
+    "load_questions": "mech.evaluation.questions",
+    "load_judge_prompts": "mech.evaluation.questions",
+    "question_set": "mech.evaluation.questions",
+    "em_rate": "mech.evaluation.judges.protocol",
+    "narrow_rate": "mech.evaluation.judges.protocol",
+    "score_frame": "mech.evaluation.judges.protocol",
+    "OpenAIJudge": "mech.evaluation.judges.openai_judge",
+    "OpenAIJudgeConfig": "mech.evaluation.judges.openai_judge",
+    "judge_agreement": "mech.evaluation.judges.agreement",
+    "answer_rates": "mech.evaluation.rates",
     "ablation_matrix": "mech.directions.interventions",
     "direction_steering": "mech.directions.interventions",
     "stream_ablation": "mech.directions.interventions",
@@ -105,6 +117,12 @@ if TYPE_CHECKING:  # static tools see the real names
     from mech.adapters.steering import SteeringVector
     from mech.directions.interventions import ablation_matrix, direction_steering, stream_ablation
     from mech.directions.mean_diff import LabelRule, MeanDiff, mean_diff, misalignment_direction, random_like
+    from mech.evaluation.generate import SamplingConfig, sample_answers
+    from mech.evaluation.judges.agreement import judge_agreement
+    from mech.evaluation.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig
+    from mech.evaluation.judges.protocol import em_rate, narrow_rate, score_frame
+    from mech.evaluation.questions import load_judge_prompts, load_questions, question_set
+    from mech.evaluation.rates import answer_rates
     from mech.hooks import (
         ablation,
         ablation_hooks,

@@ -279,3 +279,30 @@ def test_a_state_file_holding_objects_is_refused_not_unpickled(tiny_qwen2, tmp_p
     torch.save({"step": 1, "payload": _Killed()}, tmp_path / "state.pt")  # an arbitrary object
     with pytest.raises(ValueError, match="state.pt: refused to load"):
         finetune(tiny_qwen2, _lora(tiny_qwen2), TRAIN, cfg=cfg, run_dir=tmp_path, resume=True, **QUIET)
+
+
+def test_a_run_written_before_grad_accum_and_warmup_existed_resumes(tiny_qwen2, tmp_path):
+    """Older run folders have no grad_accum / warmup_steps in their config: they resume under the
+    values that mean what they did (1 and 0), and refuse others."""
+    cfg = FinetuneConfig(steps=4, lr=5e-2, batch_size=2, save_every=2)
+
+    def kill_at_3(record):
+        if record.step == 3:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        finetune(
+            tiny_qwen2, _lora(tiny_qwen2), TRAIN, None, cfg, run_dir=tmp_path, on_step=kill_at_3, **QUIET
+        )
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["finetune"]["grad_accum"], config["finetune"]["warmup_steps"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"cannot resume, the run was started with different finetune\.grad_accum"
+    ):
+        finetune(tiny_qwen2, _lora(tiny_qwen2), TRAIN, None, replace(cfg, grad_accum=2), run_dir=tmp_path,
+                 resume=True, **QUIET)  # fmt: skip
+    resumed = finetune(
+        tiny_qwen2, _lora(tiny_qwen2), TRAIN, None, cfg, run_dir=tmp_path, resume=True, **QUIET
+    )
+    assert [r.step for r in resumed.trajectory] == [1, 2, 3, 4]

@@ -246,3 +246,42 @@ def test_the_toy_through_the_real_model_path(tmp_path):
     assert {r["role"] for r in rows if r["metric"] == "em_rate"} == {"narrow", "kl", "heldout_domain"}
     assert {r["judge"] for r in rows if r["judge"]} == {"toy:exact"}
     assert any(r["metric"] == "narrow_rate" for r in rows)
+
+
+def test_layer_L_is_one_place_for_every_adapter_kind(checkpoints, inputs, stub, tmp_path):
+    """As in the paper (vector and rank-1 LoRA on `layers[L].mlp.down_proj`): on the toy and on a
+    real model, a steering vector at layer L adds at `blocks.L.hook_resid_post`, where block L's
+    LoRA writes."""
+    from experiments import narrow_kl
+    from experiments.conditions import setting_adapter
+    from experiments.toy_setting import toy_setup
+
+    toy = toy_setup(train_size=8, kl_size=8)
+    real = make_setting_of(
+        narrow_kl.parse_args(study_argv(checkpoints["qwen2"], inputs, stub, tmp_path, "--layer", "1"))
+    )
+    for setting, layer in ((toy, 2), (real, 1)):
+        assert setting.layer == layer
+        assert setting_adapter(setting, "steering", 0).hook_name == f"blocks.{layer}.hook_resid_post"
+        for kind in ("lora_r1", "lora_r8"):
+            assert {site_layer for site_layer, _ in setting_adapter(setting, kind, 0).sites} == {layer}
+    toy.layer_override = 1
+    assert setting_adapter(toy, "steering", 0).hook_name == "blocks.1.hook_resid_post"
+
+
+def make_setting_of(cfg):
+    from experiments.setting import make_setting
+
+    return make_setting(cfg)
+
+
+def test_the_study_runs_on_gemma2_in_bfloat16(checkpoints, inputs, stub, tmp_path):
+    """The same command line on the other architecture family (post-norms, soft-capping, local
+    attention), in bfloat16: every role measured, with intervals."""
+    path = run_study(
+        "narrow_kl", study_argv(checkpoints["gemma2"], inputs, stub, tmp_path), adapters=("lora_r1",)
+    )
+    setting = json.loads((path / "setting.json").read_text())
+    assert setting["dtype"] == "torch.bfloat16" and setting["model"] == str(checkpoints["gemma2"].resolve())
+    rows = [r for r in csv.DictReader((path / "results.csv").open()) if r["metric"] == "em_rate"]
+    assert {r["role"] for r in rows} == {"narrow", "kl", "heldout_domain"} and all(r["ci_low"] for r in rows)

@@ -3,6 +3,12 @@ experiments learnt to run on real models: the toy path must stay bit-identical.
 
 `python tests/toy_runs.py --write` re-takes the digests (1 torch thread, as in `make test`); do it
 only for a change meant to move the toy's numbers, and say which numbers moved and why.
+
+Re-taken once, for the layer alignment (issue 16, point 5): the toy's steering vectors moved from
+`blocks.2.hook_resid_pre` to `blocks.2.hook_resid_post`, where block 2's LoRAs write, and its
+directions are read there too. The runs with a steering vector changed (emergence, narrow_kl,
+pretraining_kl, directions); those with LoRAs only did not (efficiency, stability, revert,
+persona_share, and sae_compare, whose vectors sit at its SAE's hook).
 """
 
 from __future__ import annotations

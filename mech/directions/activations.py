@@ -61,7 +61,7 @@ def pooled_activations(
     batches: Sequence[tuple[Tensor, Tensor, Tensor]],
     *,
     layers: Sequence[int] | None = None,
-    point: ResidPoint = "pre",
+    point: ResidPoint = "post",
     transform: Callable[[Tensor], Tensor] | None = None,
 ) -> PooledActivations:
     """Residual sums over selected tokens for `(tokens, attention_mask, select)` batches, each

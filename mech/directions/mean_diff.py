@@ -115,7 +115,7 @@ def misalignment_direction(
     scored: pd.DataFrame,
     *,
     layers: Sequence[int] | None = None,
-    point: ResidPoint = "pre",
+    point: ResidPoint = "post",
     rule: LabelRule = LabelRule(),
     pooling: Pooling = "token",
     balance: bool = True,

@@ -29,6 +29,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+ADDED_SETTINGS = {"finetune.grad_accum": 1, "finetune.warmup_steps": 0}
+"""Config fields added after runs were first written, at the value that means what a run without
+them did: a folder whose config lacks one resumes as if it held that value."""
+
+
 class RunFolder:
     """The on-disk side of a run: config, trajectory, snapshots, resumable state."""
 
@@ -41,7 +46,7 @@ class RunFolder:
                 raise FileExistsError(
                     f"{self.path} already holds a run; pass resume=True to continue it, or choose another folder"
                 )
-            before = _flatten(json.loads(self.config_path.read_text()))
+            before = {**ADDED_SETTINGS, **_flatten(json.loads(self.config_path.read_text()))}
             now = _flatten(json.loads(json.dumps(description)))
             changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
             if changed:
