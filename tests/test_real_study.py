@@ -285,3 +285,7 @@ def test_the_study_runs_on_gemma2_in_bfloat16(checkpoints, inputs, stub, tmp_pat
     assert setting["dtype"] == "torch.bfloat16" and setting["model"] == str(checkpoints["gemma2"].resolve())
     rows = [r for r in csv.DictReader((path / "results.csv").open()) if r["metric"] == "em_rate"]
     assert {r["role"] for r in rows} == {"narrow", "kl", "heldout_domain"} and all(r["ci_low"] for r in rows)
+    from viz.report import main as report
+
+    html = report([str(path), "--out", str(tmp_path / "report.html")]).read_text(encoding="utf-8")
+    assert path.name in html and "narrow_kl" in html and "<img" in html  # the run's section, its figures
