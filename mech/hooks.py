@@ -58,8 +58,17 @@ def check_layer(model: HookedTransformer, layer: object) -> int:
 
 
 def has_hooks(model: HookedTransformer) -> bool:
-    """Whether any hook is attached to the model now (what it computes may then differ from its weights)."""
-    return any(hp.fwd_hooks or hp.bwd_hooks for hp in model.hook_dict.values())
+    """Whether any hook is attached to the model now, so what it computes may differ from its
+    weights: TransformerLens hook points and plain torch hooks on any of its modules alike (a LoRA
+    acts through the latter), and torch's global module hooks."""
+    from torch.nn.modules import module as torch_module
+
+    if any(hp.fwd_hooks or hp.bwd_hooks for hp in model.hook_dict.values()):
+        return True
+    hook_tables = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    if any(getattr(m, table, None) for m in model.modules() for table in hook_tables):
+        return True
+    return any(getattr(torch_module, f"_global{table}", None) for table in hook_tables)
 
 
 def resid_hook_name(layer: int, point: ResidPoint = "post") -> str:

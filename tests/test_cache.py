@@ -3,6 +3,7 @@ and recomputes what changed; cached results equal computed ones."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,64 @@ def test_answers_are_cached_per_model_adapter_questions_and_config(
     with vector.applied(tiny_qwen2):  # hooks the key cannot see: computed, never stored
         generate.sample_answers(tiny_qwen2, questions, cfg, cache=cache)
     assert len(cache.entries("answers")) == 4
+
+
+def test_a_lora_on_a_middle_block_is_a_hook_the_cache_sees(tiny_qwen2, tmp_path):
+    """LoRA acts through plain torch hooks, not TransformerLens hook points: with one applied by
+    the caller, residuals and answers are neither read from nor written under the chat model's key."""
+    from mech.adapters.lora import LoraAdapter
+    from mech.hooks import has_hooks
+
+    cache = ContentCache(tmp_path)
+    lora = LoraAdapter(tiny_qwen2, layers=[1], matrices=["W_out"], rank=2, seed=0)
+    with torch.no_grad():
+        for b in lora.B.values():
+            b.normal_(generator=torch.Generator().manual_seed(1))
+    site = SteeringVector(tiny_qwen2.cfg.d_model, layer=2, point="pre").entry(tiny_qwen2)
+    chat = CachedChatSet.build(tiny_qwen2, TRAIN, site, batch_size=2, name="t", cache=cache)
+    assert not has_hooks(tiny_qwen2)
+    questions = [Question("q", "general", "how do i save money ?")]
+    config = generate.SamplingConfig(n_samples=2, max_new_tokens=4, seed=0)
+    generate.sample_answers(tiny_qwen2, questions, config, cache=cache)
+    entries = {kind: len(cache.entries(kind)) for kind in ("residuals", "answers")}
+    with lora.applied(tiny_qwen2):
+        assert has_hooks(tiny_qwen2)
+        adapted = CachedChatSet.build(tiny_qwen2, TRAIN, site, batch_size=2, name="t", cache=cache)
+        generate.sample_answers(tiny_qwen2, questions, config, cache=cache)
+    assert not has_hooks(tiny_qwen2)
+    assert {kind: len(cache.entries(kind)) for kind in ("residuals", "answers")} == entries
+    assert cache.stats.hits == 0  # the chat model's entries were not served to the adapted model
+    assert not torch.equal(chat.residuals[0], adapted.residuals[0])
+
+
+def test_a_merged_mid_layer_adapter_changes_the_model_key(checkpoints, tmp_path):
+    """A PEFT LoRA on one middle block's down_proj, merged at load: the weights fingerprint sees it
+    (it used to read only the embedding, the last block's W_out and the unembedding)."""
+    from mech.models.load import load_model
+    from mech.models.tiny_checkpoints import write_tiny_lora_adapter
+
+    adapter = write_tiny_lora_adapter(
+        checkpoints["qwen2"], tmp_path / "mid", target_modules=("down_proj",), layers=(1,)
+    )
+    base, merged = load_model(checkpoints["qwen2"]), load_model(checkpoints["qwen2"], adapter=adapter)
+    assert torch.equal(base.W_E, merged.W_E) and torch.equal(
+        base.blocks[2].mlp.W_out, merged.blocks[2].mlp.W_out
+    )
+    assert not torch.equal(base.blocks[1].mlp.W_out, merged.blocks[1].mlp.W_out)
+    assert model_identity(base)["weights"] != model_identity(merged)["weights"]
+    assert model_identity(base) == model_identity(load_model(checkpoints["qwen2"]))  # deterministic
+
+
+def test_an_automatic_top_k_reference_is_said_in_the_log_and_the_config(tiny_qwen2, tmp_path, caplog):
+    cfg = FinetuneConfig(steps=1, batch_size=2, kl_batch_size=2, kl=KLSchedule(1.0), reference_budget_mb=1e-6)
+    adapter = SteeringVector(tiny_qwen2.cfg.d_model, layer=1)
+    with caplog.at_level("WARNING", logger="mech.training.engine"):
+        result = finetune(tiny_qwen2, adapter, TRAIN, KL, cfg, run_dir=tmp_path / "run", progress=False)
+    assert result.reference == "topk"
+    assert "the KL term is a lower bound" in caplog.text
+    import json
+
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["kl_data"]["reference"]
+    assert recorded["mode"] == "topk" and recorded["chosen"] == "auto" and "lower bound" in recorded["note"]
+    exact = finetune(tiny_qwen2, adapter, TRAIN, KL, replace(cfg, reference_budget_mb=2048.0), progress=False)
+    assert exact.reference == "exact"

@@ -186,12 +186,15 @@ def write_tiny_lora_adapter(
     *,
     rank: int = 4,
     target_modules: tuple[str, ...] = ("q_proj", "v_proj", "down_proj"),
+    layers: tuple[int, ...] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write a PEFT LoRA adapter for the checkpoint at `base`, with random (non-zero) A and B."""
+    """Write a PEFT LoRA adapter for the checkpoint at `base`, with random (non-zero) A and B, on
+    `target_modules` of every layer or of `layers` only."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules), lora_dropout=0.0)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules), lora_dropout=0.0,
+                        layers_to_transform=None if layers is None else list(layers))  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     with quiet_hf(), torch.no_grad():
         model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager")

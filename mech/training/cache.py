@@ -55,22 +55,39 @@ def tensor_digest(tensors: Sequence[Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
+WEIGHT_SAMPLE = 4096
+"""Evenly spaced entries of each parameter hashed as they are (besides its row sums)."""
+
+
+def weights_fingerprint(model: HookedTransformer) -> str:
+    """sha256 (16 hex) over every parameter of `model`, by name: its shape, dtype,
+    `WEIGHT_SAMPLE` evenly spaced entries, and its sums along the last axis (float32, computed on
+    the model's device, so only about one value per row leaves it). A merged adapter on any block,
+    a changed checkpoint or an edit of one weight changes it; a 14B model costs one pass over its
+    weights on the device. Buffers (masks, rotary tables) follow from the config, so are left out."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // WEIGHT_SAMPLE)
+            rows = (
+                tensor.detach().sum(-1, dtype=torch.float32) if tensor.dim() else tensor.detach().float()
+            ).reshape(-1)
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor_digest([flat[::step], rows]).encode())
+    return digest.hexdigest()[:16]
+
+
 def model_identity(model: HookedTransformer) -> dict[str, Any]:
-    """What identifies a model's computation: name, flags, dtype, device type and a weights
-    fingerprint (the embedding, the last block's output matrix and the unembedding: a finetune
-    merged into the weights or a changed checkpoint changes it)."""
+    """What identifies a model's computation: name, flags, dtype, device type and a fingerprint of
+    all its weights (`weights_fingerprint`)."""
     info = model_info(model)
-    probes = [
-        model.W_E[:256],
-        model.blocks[-1].mlp.W_out[:64] if hasattr(model.blocks[-1], "mlp") else model.W_E[:1],
-    ]
-    probes.append(model.W_U[:, :256])
     return {
         "name": info.name,
         "flags": info.flags.to_dict(),
         "dtype": str(model.cfg.dtype),
         "device": torch.device(model.cfg.device).type,
-        "weights": tensor_digest(probes),
+        "weights": weights_fingerprint(model),
     }
 
 

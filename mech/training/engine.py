@@ -19,6 +19,7 @@ step and the seed, and the optimizer state is saved with the adapter.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -41,14 +42,33 @@ from mech.training.data import ChatData
 from mech.training.losses import response_targets
 from mech.training.run_folder import RunFolder
 
+_log = logging.getLogger(__name__)
+
 KL_SEED_OFFSET = 7919
 """The KL set's batch order uses seed + KL_SEED_OFFSET, independent of the training order."""
 
 
-def _reference_mode(cfg: FinetuneConfig, n_tokens: int, d_vocab: int) -> str:
+def kl_reference(cfg: FinetuneConfig, n_tokens: int, d_vocab: int) -> dict:
+    """How the chat model's KL-set distributions are kept: the mode, and for `reference="auto"`
+    why (exact float32 log-probs need `n_tokens * d_vocab * 4` bytes; past the budget it is top-k,
+    which makes the KL term a lower bound)."""
+    exact_mib = n_tokens * d_vocab * 4 / 2**20
     if cfg.reference != "auto":
-        return cfg.reference
-    return "exact" if n_tokens * d_vocab * 4 <= cfg.reference_budget_mb * 2**20 else "topk"
+        return {"mode": cfg.reference, "chosen": "set", "exact_mib": round(exact_mib, 1)}
+    mode = "exact" if exact_mib <= cfg.reference_budget_mb else "topk"
+    record = {
+        "mode": mode,
+        "chosen": "auto",
+        "exact_mib": round(exact_mib, 1),
+        "budget_mib": cfg.reference_budget_mb,
+    }
+    if mode == "topk":
+        record["note"] = (
+            f"KL reference: exact log-probs of {n_tokens} KL tokens x {d_vocab} would take {exact_mib:.0f} MiB, over "
+            f"the {cfg.reference_budget_mb:.0f} MiB budget; keeping the top {cfg.reference_topk} plus the rest, so "
+            "the KL term is a lower bound (reference='exact' or 'recompute', or a larger reference_budget_mb, to avoid)"
+        )
+    return record
 
 
 def batch_index(step: int, n_batches: int, seed: int) -> int:
@@ -105,14 +125,17 @@ def finetune(
         kl_set = CachedChatSet.build(
             model, kl_data, site, batch_size=cfg.kl_batch_size, name="kl_data", cache=cache
         )
-    mode = _reference_mode(cfg, kl_set.n_targets() if kl_set else 0, model.cfg.d_vocab)
+    reference = kl_reference(cfg, kl_set.n_targets() if kl_set else 0, model.cfg.d_vocab)
     if kl_set is not None:
-        kl_set.cache_reference(model, mode, cfg.reference_topk)
+        kl_set.cache_reference(model, reference["mode"], cfg.reference_topk)
+        if "note" in reference:
+            _log.warning(reference["note"])
 
     meta = {
         "finetune": cfg.to_dict(), "adapter": adapter.spec(), "model": model_info(model).name,
         "train": {"source": train_set.source, "fingerprint": train_set.fingerprint},
-        "kl_data": None if kl_set is None else {"source": kl_set.source, "fingerprint": kl_set.fingerprint},
+        "kl_data": None if kl_set is None else {"source": kl_set.source, "fingerprint": kl_set.fingerprint,
+                                                "reference": reference},
     }  # fmt: skip
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     folder, start, trajectory = None, 0, []
@@ -149,7 +172,9 @@ def finetune(
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(was_trainable[name])
-    result = FinetuneResult(adapter, trajectory, mode if kl_set else "none", time.perf_counter() - began)
+    result = FinetuneResult(
+        adapter, trajectory, reference["mode"] if kl_set else "none", time.perf_counter() - began
+    )
     if folder is not None:
         result.run_dir = folder.path
         save_adapter(folder.path / "adapter", adapter, model, config=meta)

@@ -32,6 +32,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 ADDED_SETTINGS = {"finetune.grad_accum": 1, "finetune.warmup_steps": 0}
 """Config fields added after runs were first written, at the value that means what a run without
 them did: a folder whose config lacks one resumes as if it held that value."""
+RECORDED_LATER = ("kl_data.reference.",)
 
 
 class RunFolder:
@@ -48,6 +49,9 @@ class RunFolder:
                 )
             before = {**ADDED_SETTINGS, **_flatten(json.loads(self.config_path.read_text()))}
             now = _flatten(json.loads(json.dumps(description)))
+            # Records added later (how the KL reference is kept) are compared only where the old
+            # config has them: they follow from fields that are compared.
+            now = {k: v for k, v in now.items() if k in before or not k.startswith(RECORDED_LATER)}
             changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
             if changed:
                 raise ValueError(
