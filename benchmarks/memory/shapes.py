@@ -108,7 +108,7 @@ def qwen2_model(shape: Shape, *, dtype: torch.dtype, device: str, seed: int = 0)
     with torch.device(device):
         model = hooked_transformer(cfg, move_to_device=False)
     if device != "meta":
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(seed)  # where the weights are
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith(".w"):  # RMSNorm gains
