@@ -141,7 +141,7 @@ def sampling(model: HookedTransformer, batch: int, prompt_len: int, new_tokens: 
 
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randint(8, model.cfg.d_vocab, (batch, prompt_len), generator=generator).tolist()
-    generators = [_row_generator(0, f"q{i}", 0) for i in range(batch)]
+    generators = [_row_generator(0, f"q{i}", 0, model.cfg.device) for i in range(batch)]
 
     def run() -> list:
         return generate_batch(

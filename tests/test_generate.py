@@ -166,3 +166,18 @@ def test_generation_runs_on_a_real_architecture(tiny_gemma2):
                            SamplingConfig(max_new_tokens=5, n_samples=2))  # fmt: skip
     assert len(frame) == 4 and (frame["n_tokens"] <= 5).all()
     torch.testing.assert_close(torch.tensor(frame["sample"].tolist()), torch.tensor([0, 1, 0, 1]))
+
+
+def test_the_sampler_draws_its_noise_where_its_streams_are_and_keeps_the_host_answers():
+    """The Gumbel noise comes from each row's generator on the model's device (no logits leave it);
+    on CPU the tokens are the ones the host-side sampler drew before."""
+    from benchmarks.bench_generation import previous_choose
+
+    from mech.evaluation.generate import _choose, _row_generator
+
+    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0))
+    now = [_row_generator(0, f"q{i}", 0, "cpu") for i in range(5)]
+    before = [_row_generator(0, f"q{i}", 0) for i in range(5)]
+    assert now[0].device == torch.device("cpu")
+    for _ in range(3):
+        assert torch.equal(_choose(logits, 0.7, now), previous_choose(logits, 0.7, before))

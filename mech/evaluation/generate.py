@@ -80,9 +80,17 @@ def stop_token_ids(model: HookedTransformer) -> list[int]:
     return sorted(ids)
 
 
-def _row_generator(seed: int, question_id: str, sample: int) -> torch.Generator:
+def _row_generator(
+    seed: int, question_id: str, sample: int, device: str | torch.device = "cpu"
+) -> torch.Generator:
+    """The random stream of one (question, sample) row, on `device`: a row's answer depends on
+    its key, never on the batch it is drawn in."""
     digest = hashlib.sha256(f"{seed}\0{question_id}\0{sample}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _noise_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
 def _choose(
@@ -90,12 +98,16 @@ def _choose(
 ) -> Int[Tensor, " batch"]:
     if temperature == 0:
         return logits.argmax(-1)
-    # Gumbel-max: argmax(logits / T + G) is a sample from softmax(logits / T).
+    # Gumbel-max: argmax(logits / T + G) is a sample from softmax(logits / T). The noise is drawn
+    # where the generators are (the model's device), so no logits leave it.
+    device = generators[0].device
+    dtype = _noise_dtype(device)
     uniform = torch.stack(
-        [torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in generators]
+        [torch.rand(logits.shape[-1], generator=g, dtype=dtype, device=device) for g in generators]
     )
-    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
-    return (logits.double().cpu() / temperature + gumbel).argmax(-1).to(logits.device)
+    floor = 1e-300 if dtype == torch.float64 else torch.finfo(dtype).tiny
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(floor)))
+    return (logits.to(device, dtype) / temperature + gumbel).argmax(-1).to(logits.device)
 
 
 @torch.no_grad()
@@ -240,7 +252,7 @@ def _sample(
         if start in done:
             answers.update((i, (tokens, stopped)) for i, tokens, stopped in done[start])
             continue
-        generators = [_row_generator(cfg.seed, rows[i][0].id, rows[i][1]) for i in chunk]
+        generators = [_row_generator(cfg.seed, rows[i][0].id, rows[i][1], model.cfg.device) for i in chunk]
         results = generate_batch(
             model, [rows[i][2] for i in chunk], generators,
             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop_ids=stop_ids,
