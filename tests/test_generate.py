@@ -172,7 +172,6 @@ def test_the_sampler_draws_its_noise_where_its_streams_are_and_keeps_the_host_an
     """The Gumbel noise comes from each row's generator on the model's device (no logits leave it);
     on CPU the tokens are the ones the host-side sampler drew before."""
     from benchmarks.bench_generation import previous_choose
-
     from mech.evaluation.generate import _choose, _row_generator
 
     logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0))
