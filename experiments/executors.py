@@ -147,6 +147,40 @@ def _brief(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]} ... {lines[-1]}"
 
 
+def visible_gpus() -> tuple[str, ...]:
+    """The GPUs this process may use: `CUDA_VISIBLE_DEVICES` when set (its entries, ids or
+    UUIDs), else one per device torch sees; () without CUDA."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return tuple(entry.strip() for entry in listed.split(",") if entry.strip() and entry.strip() != "-1")
+    import torch
+
+    return tuple(str(n) for n in range(torch.cuda.device_count())) if torch.cuda.is_available() else ()
+
+
+class GpuPool:
+    """Which GPU each running cell holds: a cell takes the first free one and gives it back."""
+
+    def __init__(self, gpus: Sequence[str]) -> None:
+        if len(set(gpus)) != len(gpus):
+            raise ValueError(f"gpus must be distinct, got {list(gpus)}")
+        self.free, self.held = list(gpus), {}
+        self.size = len(gpus)
+
+    def acquire(self, cell: int) -> str | None:
+        """A free GPU for `cell` (None when the pool is empty: no GPUs, no pinning)."""
+        if not self.size:
+            return None
+        if not self.free:
+            raise RuntimeError(f"no free GPU for cell {cell}: all {self.size} are held by {sorted(self.held)}")
+        self.held[cell] = self.free.pop(0)
+        return self.held[cell]
+
+    def release(self, cell: int) -> None:
+        if cell in self.held:
+            self.free.append(self.held.pop(cell))
+
+
 @dataclass
 class SubmititExecutor:
     """Through submitit: `cluster="local"` runs jobs as local processes, at most `max_parallel`
@@ -166,6 +200,10 @@ class SubmititExecutor:
     """Slurm: array tasks running at once (submitit's default: 256)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Other `update_parameters` arguments, e.g. {"slurm_qos": "high"}."""
+    gpus: tuple[str, ...] | None = None
+    """Local: the GPUs to pin cells to, one per running job (`CUDA_VISIBLE_DEVICES` set to it
+    while the job is submitted); at most one job per GPU runs at once. None: those of
+    `visible_gpus()`; () runs without pinning (CPU)."""
     poll_s: float = 0.5
     name: str = "submitit"
 
@@ -198,18 +236,23 @@ class SubmititExecutor:
             with _environ(env), executor.batch():  # one job array per round
                 jobs = [executor.submit(run_cell, task) for task in tasks]
             return [self._outcome(job) for job in jobs]
-        # The local executor would start every job at once: keep max_parallel running.
+        # The local executor would start every job at once: keep max_parallel running, each on
+        # a GPU of its own when there are GPUs.
         outcomes: list[Outcome | None] = [None] * len(tasks)
         queue, running = list(enumerate(tasks)), {}
+        pool = GpuPool(visible_gpus() if self.gpus is None else self.gpus)
+        parallel = min(self.max_parallel, pool.size) if pool.size else self.max_parallel
         try:
             while queue or running:
-                while queue and len(running) < self.max_parallel:
+                while queue and len(running) < parallel:
                     i, task = queue.pop(0)
-                    with _environ(env):
+                    gpu = pool.acquire(i)
+                    with _environ({**env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}):
                         running[i] = executor.submit(run_cell, task)
                 for i, job in list(running.items()):
                     if job.done():
                         outcomes[i] = self._outcome(job)
+                        pool.release(i)
                         del running[i]
                 if running:
                     time.sleep(self.poll_s)

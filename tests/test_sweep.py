@@ -223,3 +223,57 @@ def test_toy_sweep_through_submitit_with_a_crash(tmp_path):
     assert report.cells[3].attempts == 2 and len(report.cells) >= 8
     frame = gather(report.path)
     assert set(frame["cell"]) == set(range(len(report.cells)))
+
+
+class _FakeJob:
+    """A job that finished the moment it was submitted, recording the GPU it was pinned to."""
+
+    def __init__(self, task, log: list) -> None:
+        import os
+        from types import SimpleNamespace
+
+        self.job_id = f"fake-{task.index}"
+        self.gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+        log.append((task.index, self.gpu))
+        self.paths = SimpleNamespace(result_pickle=SimpleNamespace(exists=lambda: True), stderr="-")
+        self._polls = 0
+
+    def done(self) -> bool:
+        self._polls += 1
+        return self._polls > 1  # still running at the first poll, so cells overlap
+
+    def result(self):
+        from experiments.executors import Outcome
+
+        return Outcome("done", f"run-{self.job_id}", seconds=0.0)
+
+
+def test_local_cells_are_pinned_one_per_gpu(tmp_path, monkeypatch):
+    """Placement only (no GPU here): with GPUs listed, each running cell gets its own through
+    CUDA_VISIBLE_DEVICES, never more cells at once than GPUs, and a finished cell's GPU is reused."""
+    from experiments import executors
+    from experiments.executors import CellTask, GpuPool, SubmititExecutor, visible_gpus
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    log: list = []
+    fake = type("FakeExecutor", (), {"submit": lambda self, fn, task: _FakeJob(task, log)})()
+    executor = SubmititExecutor(cluster="local", max_parallel=4, gpus=("0", "3"), poll_s=0.0)
+    monkeypatch.setattr(SubmititExecutor, "executor", lambda self, sweep_dir: fake)
+    tasks = [CellTask(index=i, attempt=0, experiment="x", overrides={}) for i in range(5)]
+    outcomes = executor.run(tasks, tmp_path)
+    assert [o.status for o in outcomes] == ["done"] * 5
+    assert [gpu for _, gpu in log] == ["0", "3", "0", "3", "0"]  # two at a time, GPUs handed back
+    assert "CUDA_VISIBLE_DEVICES" not in executors.os.environ  # set only while submitting
+    log.clear()
+    SubmititExecutor(cluster="local", max_parallel=2, gpus=(), poll_s=0.0).run(tasks[:2], tmp_path)
+    assert [gpu for _, gpu in log] == [None, None]  # no GPUs: no pinning
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-a, GPU-b")
+    assert visible_gpus() == ("GPU-a", "GPU-b")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == ()
+    pool = GpuPool(["0"])
+    assert pool.acquire(1) == "0"
+    with pytest.raises(RuntimeError, match="no free GPU for cell 2"):
+        pool.acquire(2)
+    with pytest.raises(ValueError, match="distinct"):
+        GpuPool(["0", "0"])
