@@ -172,7 +172,9 @@ class GpuPool:
         if not self.size:
             return None
         if not self.free:
-            raise RuntimeError(f"no free GPU for cell {cell}: all {self.size} are held by {sorted(self.held)}")
+            raise RuntimeError(
+                f"no free GPU for cell {cell}: all {self.size} are held by {sorted(self.held)}"
+            )
         self.held[cell] = self.free.pop(0)
         return self.held[cell]
 
