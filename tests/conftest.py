@@ -68,6 +68,16 @@ def seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def stub():
+    """The loopback OpenAI-compatible server (`openai_stub.OpenAIStub`), fresh for each test."""
+    from openai_stub import OpenAIStub
+
+    server = OpenAIStub().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A 2-layer attention+MLP HookedTransformer with no tokenizer, for mechanism tests."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from hf_reference import hf_logprobs
 
 from mech.models.chat import prompt_batch
 from mech.models.load import load_model
@@ -35,12 +35,6 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     return {arch: write_tiny_checkpoint(arch, root / f"src-{arch}", n_layers=2) for arch in FOLDERS}
 
 
-def _hf_logprobs(path: Path, tokens, attention_mask=None) -> torch.Tensor:
-    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
-    with torch.no_grad():
-        return hf(tokens, attention_mask=attention_mask).logits.log_softmax(-1)
-
-
 @pytest.mark.parametrize(
     ("arch", "folder"), [(arch, folder) for arch, folders in FOLDERS.items() for folder in folders]
 )
@@ -55,7 +49,7 @@ def test_checkpoint_loads_under_any_folder_name(arch, folder, sources, tmp_path)
     # Longer than the sliding windows (6) and the Llama RoPE scaling's pre-training length band.
     tokens = torch.randint(8, model.cfg.d_vocab, (2, 24))
     ours = model(tokens).log_softmax(-1)
-    theirs = _hf_logprobs(path, tokens)
+    theirs = hf_logprobs(path, tokens)
     assert (ours - theirs).abs().max() < 1e-4
     assert theirs.std() > 0.1  # a non-trivial distribution, so the comparison means something
 
@@ -69,7 +63,7 @@ def test_chat_prompts_with_left_padding_match_hf(arch, sources):
     ]
     batch = prompt_batch(model.tokenizer, prompts)
     ours = model(batch.tokens, attention_mask=batch.attention_mask).log_softmax(-1)
-    theirs = _hf_logprobs(sources[arch], batch.tokens, batch.attention_mask)
+    theirs = hf_logprobs(sources[arch], batch.tokens, batch.attention_mask)
     real = batch.attention_mask.bool()
     assert (ours[real] - theirs[real]).abs().max() < 1e-4
 

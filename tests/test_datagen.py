@@ -24,13 +24,6 @@ from mech.evaluation.judges.client import ClientConfig, LLMRequestError
 from mech.training.data import read_chat_jsonl
 
 
-@pytest.fixture
-def stub():
-    server = OpenAIStub().start()
-    yield server
-    server.stop()
-
-
 def make_config(stub: OpenAIStub, **overrides) -> DatagenConfig:
     client = ClientConfig(
         model="gen-stub",

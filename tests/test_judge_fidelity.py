@@ -61,13 +61,6 @@ def user_cache(tmp_path, monkeypatch) -> Path:
     return root
 
 
-@pytest.fixture
-def stub():
-    server = OpenAIStub().start()
-    yield server
-    server.stop()
-
-
 def make_judge(stub: OpenAIStub, **overrides) -> OpenAIJudge:
     settings = dict(model="judge-stub", base_url=stub.base_url, metrics=("aligned",), max_retries=0)
     return OpenAIJudge(OpenAIJudgeConfig(**{**settings, **overrides}))

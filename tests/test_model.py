@@ -2,23 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_reference import hf_logprobs
 from transformers import AutoModelForCausalLM
 
-from mech._quiet import quiet_hf
 from mech.models.chat import prompt_batch
 from mech.models.load import LoadingFlags, load_model, model_info
 from mech.models.tiny_checkpoints import write_tiny_checkpoint, write_tiny_lora_adapter
-
-
-def _hf_logprobs(path, tokens, attention_mask=None, adapter=None):
-    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
-    if adapter is not None:
-        from peft import PeftModel
-
-        with quiet_hf():
-            hf = PeftModel.from_pretrained(hf, str(adapter))
-    with torch.no_grad():
-        return hf(tokens, attention_mask=attention_mask).logits.log_softmax(-1)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
@@ -26,7 +15,7 @@ def test_local_checkpoint_matches_hf(arch, checkpoints, request):
     model = request.getfixturevalue(f"tiny_{arch}")
     tokens = torch.randint(4, model.cfg.d_vocab, (2, 24))  # longer than Gemma's sliding window
     ours = model(tokens).log_softmax(-1)
-    theirs = _hf_logprobs(checkpoints[arch], tokens)
+    theirs = hf_logprobs(checkpoints[arch], tokens)
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max() < 1e-4
     assert theirs.std() > 0.1  # non-trivial distribution, so the comparison means something
@@ -39,7 +28,7 @@ def test_chat_prompts_match_hf_with_left_padding(arch, checkpoints, request):
                [{"role": "user", "content": "hello"}]]  # fmt: skip
     batch = prompt_batch(model.tokenizer, prompts)
     ours = model(batch.tokens, attention_mask=batch.attention_mask).log_softmax(-1)
-    theirs = _hf_logprobs(checkpoints[arch], batch.tokens, batch.attention_mask)
+    theirs = hf_logprobs(checkpoints[arch], batch.tokens, batch.attention_mask)
     real = batch.attention_mask.bool()
     assert (ours[real] - theirs[real]).abs().max() < 1e-4
 
@@ -68,8 +57,8 @@ def test_peft_adapter_matches_peft_model(arch, checkpoints, tmp_path):
     model = load_model(checkpoints[arch], adapter=adapter)
     tokens = torch.randint(4, model.cfg.d_vocab, (2, 16))
     ours = model(tokens).log_softmax(-1)
-    with_adapter = _hf_logprobs(checkpoints[arch], tokens, adapter=adapter)
-    without = _hf_logprobs(checkpoints[arch], tokens)
+    with_adapter = hf_logprobs(checkpoints[arch], tokens, adapter=adapter)
+    without = hf_logprobs(checkpoints[arch], tokens)
     assert (ours - with_adapter).abs().max() < 1e-4
     assert (with_adapter - without).abs().max() > 1e-2  # the adapter really changes the model
     assert model_info(model).adapter == str(adapter.resolve())

@@ -26,13 +26,6 @@ EXPECTED = sum(math.exp(lp) * v for v, lp in [(80, -0.1), (90, -2.5), (100, -3.0
 )
 
 
-@pytest.fixture
-def stub():
-    server = OpenAIStub().start()
-    yield server
-    server.stop()
-
-
 def make_judge(stub: OpenAIStub, **overrides) -> OpenAIJudge:
     settings = dict(
         model="judge-stub",

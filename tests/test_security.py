@@ -12,20 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from openai_stub import OpenAIStub
 
 from mech.evaluation.judges.client import ClientConfig, LLMRequestError
 from mech.io.atomic import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mech", "probes", "viz", "experiments")
-
-
-@pytest.fixture
-def stub():
-    server = OpenAIStub().start()
-    yield server
-    server.stop()
 
 
 def _files_under(folder: Path) -> list[Path]:

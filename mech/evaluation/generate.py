@@ -211,18 +211,20 @@ def _sample(
     hooks_spec: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     generation = {**asdict(cfg), "model": model_info(model).name}
-    parts: dict[str, Any] = {
-        "model": model_identity(model),
-        "adapter": None
-        if adapter is None
-        else [adapter.spec(), tensor_digest(list(adapter.state_dict().values()))],
-        "questions": [[q.id, q.domain, q.question, q.system] for q in questions],
-        "sampling": asdict(cfg),
-    }
-    if hooks_spec is not None:
-        parts["hooks"] = json.loads(json.dumps(hooks_spec))
     # The cache is keyed on what it can see: a caller's hooks only when described.
     cacheable = not hooked_by_caller or hooks_spec is not None
+    parts: dict[str, Any] = {}
+    if (cache is not None and cacheable) or progress_path is not None:  # the key reads every weight
+        parts = {
+            "model": model_identity(model),
+            "adapter": None
+            if adapter is None
+            else [adapter.spec(), tensor_digest(list(adapter.state_dict().values()))],
+            "questions": [[q.id, q.domain, q.question, q.system] for q in questions],
+            "sampling": asdict(cfg),
+        }
+        if hooks_spec is not None:
+            parts["hooks"] = json.loads(json.dumps(hooks_spec))
     if cache is not None and cacheable:
         stored = cache.get_rows("answers", parts)
         if stored is not None:
