@@ -24,6 +24,7 @@ from mech.models.chat import ChatBatch
 from mech.training.cached_set import CachedChatSet
 from mech.training.config import FinetuneConfig, KLSchedule
 from mech.training.engine import _step
+from mech.training.frozen_weights import copy_free_weights
 from mech.training.losses import kl_from_logprobs, topk_kl
 
 
@@ -44,7 +45,7 @@ def fit_block_costs(model: HookedTransformer, kind: str, seq: int) -> dict[str, 
     for b, p in ((1, seq), (2, seq), (1, 2 * seq)):
         resid = _residual(model, b, p, seed=b * 1000 + p)
         exclude = [*model.parameters(), *model.buffers(), *adapter.parameters(), resid]
-        with adapter.applied(model, start_at_layer=start):
+        with copy_free_weights(model), adapter.applied(model, start_at_layer=start):
             _, saved[b, p] = saved_bytes(
                 lambda r=resid: model(r, start_at_layer=start, stop_at_layer=model.cfg.n_layers), exclude
             )
@@ -84,7 +85,8 @@ def measure_head(model: HookedTransformer, n: int = 64) -> dict[str, float]:
                 return topk_kl(top.values, top.indices, logits).mean()
 
             exclude = [*model.parameters(), *model.buffers(), final, ref, *top]
-            _, saved[rows] = saved_bytes(run, exclude)
+            with copy_free_weights(model):
+                _, saved[rows] = saved_bytes(run, exclude)
             if loss == "exact":
                 out["reference_exact_per_token"] = tensor_bytes(ref) / rows
             elif loss == "topk":
@@ -177,9 +179,10 @@ def replay_step(model: HookedTransformer, kind: str, train: Batch, kl: Batch | N
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-3)
 
     def step() -> None:
-        loss = torch.nn.functional.cross_entropy(target_logits(*train_in).float(), targets)
-        if kl_in is not None:
-            loss = loss + topk_kl(ref_values, ref_indices, target_logits(*kl_in)).mean()
+        with copy_free_weights(model):
+            loss = torch.nn.functional.cross_entropy(target_logits(*train_in).float(), targets)
+            if kl_in is not None:
+                loss = loss + topk_kl(ref_values, ref_indices, target_logits(*kl_in)).mean()
         norm_sq = adapter.update_norm_sq()  # as the engine: computed, not in the loss (l2_weight 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -39,6 +39,7 @@ from mech.training.cache import ContentCache
 from mech.training.cached_set import CachedChatSet
 from mech.training.config import FinetuneConfig, FinetuneResult, NonFiniteError, StepRecord
 from mech.training.data import ChatData
+from mech.training.frozen_weights import copy_free_weights
 from mech.training.losses import response_targets
 from mech.training.run_folder import RunFolder
 
@@ -221,13 +222,18 @@ def _step(
         totals["KL"] = 0.0
     for m, i in enumerate(train_ids):
         targets = response_targets(train_set.batches[i])
-        ce = torch.nn.functional.cross_entropy(train_set.target_logits(model, adapter, i).float(), targets)
+        with copy_free_weights(model):  # backward remakes weight copies instead of keeping them
+            ce = torch.nn.functional.cross_entropy(
+                train_set.target_logits(model, adapter, i).float(), targets
+            )
+            kl = None
+            if kl_ids:
+                with contextlib.nullcontext() if weight != 0 else torch.no_grad():
+                    kl = kl_set.kl(model, adapter, kl_ids[m])
         if k > 1:  # with k = 1 the step is computed exactly as before accumulation existed
             ce = ce * (n_train[m] / sum(n_train))
-        loss, kl = ce, None
+        loss = ce
         if kl_ids:
-            with contextlib.nullcontext() if weight != 0 else torch.no_grad():
-                kl = kl_set.kl(model, adapter, kl_ids[m])
             if k > 1:
                 kl = kl * (n_kl[m] / sum(n_kl))
             if weight != 0:
