@@ -54,7 +54,7 @@ def adapter_saved_bytes(shape: Shape, kind: str, s: int, tokens: int, seq: int) 
     return lora + block_bytes(shape, s, tokens, seq, entry) - block_bytes(shape, s, tokens, seq)
 
 
-def head_saved_bytes(shape: Shape, s: int, n_targets: int, loss: str) -> float:
+def head_saved_bytes(shape: Shape, n_targets: int, loss: str) -> float:
     """Final norm + unembedding + log_softmax over `n_targets` rows; "exact" KL also keeps
     exp(reference). (Without `copy_free_weights` each call would keep a W_U copy as well.)"""
     per_row = 4 * shape.d_model + 4 + 4 * shape.d_vocab + (4 * shape.d_vocab if loss == "exact" else 0)
@@ -109,7 +109,7 @@ def estimate_step(
             continue
         parts[f"{name}_blocks"] = n_blocks * block_bytes(shape, s, batch.tokens, batch.seq)
         parts[f"{name}_adapter"] = adapter_saved_bytes(shape, kind, s, batch.tokens, batch.seq)
-        parts[f"{name}_head"] = head_saved_bytes(shape, s, batch.targets, loss)
+        parts[f"{name}_head"] = head_saved_bytes(shape, batch.targets, loss)
     parts["peak_transient"] = peak_transient(shape, s, train, kl, parts.get("kl_head", parts["ce_head"]))
     # AdamW's step comes after the activations are freed: gradients, both moments and about one
     # temporary per parameter (fp32). It sets the peak only for large adapters on tiny models.
@@ -181,7 +181,9 @@ def extrapolate(
         "blocks_below_adapter": shape.layer * shape.block_params() * s + shape.d_vocab * shape.d_model * s,
     }  # fmt: skip
     # On the GPU during a step with host caches: one batch's residuals and its reference rows.
-    in_flight = 2 * batch.tokens * shape.d_model * s + batch.targets * reference_bytes_per_token(shape, "topk")
+    in_flight = 2 * batch.tokens * shape.d_model * s + batch.targets * reference_bytes_per_token(
+        shape, "topk"
+    )
     row["caches_on_device"] = (
         row["residual_cache"] + row["reference_topk"] if cache_device == "device" else in_flight
     )
