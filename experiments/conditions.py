@@ -69,7 +69,7 @@ def finetune_config(
     batch_size = setting.batch_size if batch_size is None else batch_size
     return FinetuneConfig(steps=steps, lr=setting.learning_rate(kind), batch_size=batch_size,
                           kl_batch_size=setting.kl_batch_size, kl=KLSchedule(kl_weight), l2_weight=l2_weight,
-                          seed=seed, track_kl=kl_weight != 0)  # fmt: skip
+                          seed=seed, track_kl=kl_weight != 0, cache_device=setting.cache_device)  # fmt: skip
 
 
 def train_condition(

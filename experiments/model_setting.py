@@ -57,6 +57,7 @@ class ModelSetting:
     kl_domains: tuple[str, ...] = ()
     lr: float | None = None
     batch_size: int = 8
+    cache_device: str | None = None
     pretraining_path: str | None = None
     cache: ContentCache | None = None
     sources: dict = field(default_factory=dict)
@@ -83,7 +84,13 @@ class ModelSetting:
         site = adapter.entry(self.model)
         if site not in self._kl_sets:
             self._kl_sets[site] = CachedChatSet.build(
-                self.model, self.kl, site, batch_size=self.batch_size, name="kl", cache=self.cache
+                self.model,
+                self.kl,
+                site,
+                batch_size=self.batch_size,
+                name="kl",
+                cache=self.cache,
+                store_device=self.cache_device,
             )
         return self._kl_sets[site]
 
@@ -362,5 +369,5 @@ def model_setting(cfg: SettingConfig, *, cache: ContentCache | None = None) -> M
     sources = {"train": cfg.train, "kl": cfg.kl, "questions": cfg.questions, "narrow_questions": cfg.narrow_questions,
                "pretraining_text": cfg.pretraining_text, "protocol": cfg.protocol}  # fmt: skip
     return ModelSetting(model, layer, cfg.narrow_domain, train, kl, questions, judges, narrow_judge, cfg.narrow_metric,
-                        sampling, kl_domains=tuple(cfg.kl_domains), lr=cfg.lr, batch_size=cfg.batch_size,
+                        sampling, kl_domains=tuple(cfg.kl_domains), lr=cfg.lr, batch_size=cfg.batch_size, cache_device=cfg.cache_device,
                         pretraining_path=cfg.pretraining_text, cache=cache, sources=sources)  # fmt: skip

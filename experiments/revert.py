@@ -62,7 +62,7 @@ def main(cfg: Config) -> Path:
                 folder = run.path / "trajectories" / f"{name}_seed{seed}"
                 ft_cfg = FinetuneConfig(steps=2 * cfg.phase_steps, lr=setup.learning_rate(kind), batch_size=setup.batch_size,
                                         kl_batch_size=setup.kl_batch_size, kl=schedule, l2_weight=cfg.l2_weight, seed=seed,
-                                        save_every=cfg.every)  # fmt: skip
+                                        save_every=cfg.every, cache_device=setup.cache_device)  # fmt: skip
                 adapter = setting_adapter(setup, kind, seed)
                 result = finetune(
                     setup.model,

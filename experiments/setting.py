@@ -46,6 +46,8 @@ class Setting(Protocol):
     batch_size: int | None
     """Conversations per training step (None: the whole set)."""
     kl_batch_size: int
+    cache_device: str | None
+    """Where cached residuals and references are kept (`FinetuneConfig.cache_device`)."""
 
     @property
     def questions(self) -> Sequence:

@@ -68,6 +68,9 @@ class SettingConfig:
     """None: 1e-3 for steering vectors, 1e-4 for LoRAs (real models; the toy keeps its own)."""
     batch_size: int = 8
     """Conversations per step on a real model (narrow and KL batches alike)."""
+    cache_device: str | None = None
+    """Where cached residuals and reference log-probs live between steps ("cpu": host memory,
+    moved one batch at a time; default: the model's device). See docs/scaling.md."""
     pretraining_text: str | None = None
     """Pre-training documents: one per line, or JSONL with a `text` field."""
 

@@ -51,13 +51,20 @@ class ToySetting:
     LoRA) writes, `blocks.L.hook_resid_post`, L = the middle block (2 of 4) by default."""
     batch_size = None
     kl_batch_size = KL_BATCH
+    cache_device = None
 
     def kl_set(self, adapter: Adapter) -> CachedChatSet:
         """The KL set cached at `adapter`'s entry, built once per entry and shared by every run."""
         site = adapter.entry(self.model)
         if site not in self._kl_sets:
             self._kl_sets[site] = CachedChatSet.build(
-                self.model, self.kl, site, batch_size=KL_BATCH, name="kl", cache=self.cache
+                self.model,
+                self.kl,
+                site,
+                batch_size=KL_BATCH,
+                name="kl",
+                cache=self.cache,
+                store_device=self.cache_device,
             )
         return self._kl_sets[site]
 

@@ -36,6 +36,9 @@ class CachedChatSet:
     cache: ContentCache | None = None
     cache_parts: dict[str, Any] = field(default_factory=dict)
     """What the residuals depend on: the content cache's key for them and the references."""
+    store_device: str | None = None
+    """Where residuals and references are kept between steps (None: where they were computed,
+    the model's device). Each forward moves one batch's to the model's device."""
 
     @classmethod
     def build(
@@ -47,9 +50,11 @@ class CachedChatSet:
         batch_size: int | None,
         name: str,
         cache: ContentCache | None = None,
+        store_device: str | None = None,
     ) -> CachedChatSet:
         """Tokenize `data`, batch it, and run the model up to `site` once (or read the residuals
-        from `cache`, keyed by model, data, site and batching)."""
+        from `cache`, keyed by model, data, site and batching). With `store_device` ("cpu") each
+        batch's residual goes there as soon as it is computed, pinned when the model is on CUDA."""
         conversations, source = conversations_of(data, name=name)
         examples = tokenize_conversations(
             model.tokenizer, conversations, source=source, max_len=model.cfg.n_ctx
@@ -62,21 +67,39 @@ class CachedChatSet:
         if cache is not None:
             parts = {"model": model_identity(model), "site": site.start_at_layer,
                      "data": data_hash, "batch_size": batch_size}  # fmt: skip
+        kept = {"cache": cache, "cache_parts": parts, "store_device": store_device}
+        home = store_device or model.cfg.device
+        if cache is not None:
             stored = cache.get_tensors("residuals", parts)
             if stored is not None and len(stored) == len(batches):
-                residuals = [stored[f"batch_{i}"].to(model.cfg.device) for i in range(len(batches))]
-                return cls(batches, residuals, site, source, data_hash, cache=cache, cache_parts=parts)
+                residuals = [
+                    _stored(stored[f"batch_{i}"], home, model.cfg.device) for i in range(len(batches))
+                ]
+                return cls(batches, residuals, site, source, data_hash, **kept)
+        residuals = []
         with torch.no_grad():
-            residuals = [model(b.tokens, stop_at_layer=site.start_at_layer) for b in batches]
-        for i, residual in enumerate(residuals):
-            if not torch.isfinite(residual).all():
-                raise NonFiniteError(
-                    f"{source}: the model's residual stream entering block {site.start_at_layer} is not "
-                    f"finite in batch {i} (dtype {residual.dtype}; try float32 or bfloat16)"
-                )
+            for i, batch in enumerate(batches):
+                residual = model(batch.tokens, stop_at_layer=site.start_at_layer)
+                if not torch.isfinite(residual).all():
+                    raise NonFiniteError(
+                        f"{source}: the model's residual stream entering block {site.start_at_layer} is "
+                        f"not finite in batch {i} (dtype {residual.dtype}; try float32 or bfloat16)"
+                    )
+                residuals.append(_stored(residual, home, model.cfg.device))
         if cache is not None:
             cache.put_tensors("residuals", parts, {f"batch_{i}": r for i, r in enumerate(residuals)})
-        return cls(batches, residuals, site, source, data_hash, cache=cache, cache_parts=parts)
+        return cls(batches, residuals, site, source, data_hash, **kept)
+
+    def store_on(self, device: str | None, model: HookedTransformer) -> None:
+        """Keep residuals and references on `device` from now on (None: the model's device)."""
+        self.store_device = device
+        home = device or model.cfg.device
+        self.residuals = [_stored(r, home, model.cfg.device) for r in self.residuals]
+        self.references = [_stored(r, home, model.cfg.device) for r in self.references]
+
+    def residual(self, model: HookedTransformer, i: int) -> Float[Tensor, "batch pos d_model"]:
+        """Batch `i`'s cached residual on the model's device (a no-op unless stored elsewhere)."""
+        return _on_model(self.residuals[i], model)
 
     def logits(
         self, model: HookedTransformer, adapter: Adapter | None, i: int
@@ -84,10 +107,10 @@ class CachedChatSet:
         """Logits of batch `i` with `adapter` active (or the unadapted model if None)."""
         start = self.site.start_at_layer
         if adapter is None:
-            return model(self.residuals[i], start_at_layer=start)
+            return model(self.residual(model, i), start_at_layer=start)
         batch = self.batches[i]
         with adapter.applied(model, start_at_layer=start, response_mask=batch.response_mask):
-            return model(self.residuals[i], start_at_layer=start)
+            return model(self.residual(model, i), start_at_layer=start)
 
     def target_logits(
         self, model: HookedTransformer, adapter: Adapter | None, i: int
@@ -101,10 +124,10 @@ class CachedChatSet:
         start, end = self.site.start_at_layer, model.cfg.n_layers
         batch = self.batches[i]
         if adapter is None:
-            final = model(self.residuals[i], start_at_layer=start, stop_at_layer=end)
+            final = model(self.residual(model, i), start_at_layer=start, stop_at_layer=end)
         else:
             with adapter.applied(model, start_at_layer=start, response_mask=batch.response_mask):
-                final = model(self.residuals[i], start_at_layer=start, stop_at_layer=end)
+                final = model(self.residual(model, i), start_at_layer=start, stop_at_layer=end)
         return model(final[batch.prediction_mask][None], start_at_layer=end)[0]
 
     @torch.no_grad()
@@ -133,18 +156,19 @@ class CachedChatSet:
         cache = self.cache if self.cache is not None and not has_hooks(model) else None
         parts = {**self.cache_parts, "mode": mode, "k": k if mode == "topk" else None}
         stored = cache.get_tensors("reference", parts) if cache is not None else None
+        home = self.store_device or model.cfg.device
         if stored is not None:
             self.references = [
-                _reference_from(stored, i, mode, model.cfg.device) for i in range(len(self.batches))
+                _stored(_reference_from(stored, i, mode), home, model.cfg.device)
+                for i in range(len(self.batches))
             ]
             return
         references = []
         with torch.no_grad():
-            for i, batch in enumerate(self.batches):
+            for i in range(len(self.batches)):
                 logprobs = self.target_logits(model, None, i).float().log_softmax(-1)
-                references.append(
-                    logprobs if mode == "exact" else torch.topk(logprobs, min(k, logprobs.shape[-1]))
-                )
+                reference = logprobs if mode == "exact" else torch.topk(logprobs, min(k, logprobs.shape[-1]))
+                references.append(_stored(reference, home, model.cfg.device))
         self.references = references
         if cache is not None:
             tensors = {}
@@ -158,7 +182,7 @@ class CachedChatSet:
     def kl(self, model: HookedTransformer, adapter: Adapter, i: int) -> Float[Tensor, ""]:
         """Mean KL(unadapted || adapted) over batch `i`'s assistant positions."""
         current = self.target_logits(model, adapter, i)
-        reference = self.references[i]
+        reference = _on_model(self.references[i], model)
         if reference is None:
             with torch.no_grad():
                 reference = self.target_logits(model, None, i).float().log_softmax(-1)
@@ -167,8 +191,30 @@ class CachedChatSet:
         return kl_from_logprobs(reference, current).mean()
 
 
-def _reference_from(stored: dict[str, Tensor], i: int, mode: str, device) -> Any:
+def _reference_from(stored: dict[str, Tensor], i: int, mode: str) -> Any:
     if mode == "exact":
-        return stored[f"batch_{i}"].to(device)
-    values, indices = stored[f"batch_{i}.values"].to(device), stored[f"batch_{i}.indices"].to(device)
-    return torch.return_types.topk((values, indices))
+        return stored[f"batch_{i}"]
+    return torch.return_types.topk((stored[f"batch_{i}.values"], stored[f"batch_{i}.indices"]))
+
+
+def _stored(value: Any, device: str | torch.device, model_device: str | torch.device) -> Any:
+    """`value` (a tensor, a top-k pair or None) kept on `device`; in host memory it is pinned
+    when the model is on CUDA, so that moving a batch to the GPU can run asynchronously."""
+    if value is None:
+        return None
+    if isinstance(value, torch.return_types.topk):
+        return torch.return_types.topk(tuple(_stored(t, device, model_device) for t in value))
+    value = value.to(device)
+    if value.device.type == "cpu" and torch.device(model_device).type == "cuda":
+        value = value.pin_memory()
+    return value
+
+
+def _on_model(value: Any, model: HookedTransformer) -> Any:
+    """`value` on the model's device: from pinned host memory without blocking the host, so the
+    copy queues behind the work already launched."""
+    if value is None:
+        return None
+    if isinstance(value, torch.return_types.topk):
+        return torch.return_types.topk(tuple(_on_model(t, model) for t in value))
+    return value.to(model.cfg.device, non_blocking=True)

@@ -111,6 +111,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=25, help="steps between resumable states")
     p.add_argument("--reference", choices=("auto", "exact", "topk", "recompute"), default="auto")
     p.add_argument(
+        "--cache-device", default=None,
+        help="where cached residuals and reference log-probs live between steps, e.g. cpu "
+        "(default: the model's device)",
+    )  # fmt: skip
+    p.add_argument(
         "--out", required=True, help="run folder; an existing one with the same settings is resumed"
     )
     return p
@@ -141,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         warmup_steps=args.warmup,
         kl_batch_size=args.batch_size if args.kl_batch_size is None else args.kl_batch_size,
         kl=KLSchedule(args.kl_weight), l2_weight=args.l2_weight, seed=args.seed,
-        save_every=args.save_every, reference=args.reference,
+        save_every=args.save_every, reference=args.reference, cache_device=args.cache_device,
     )  # fmt: skip
     result = finetune(model, adapter, train, kl, cfg, run_dir=args.out, resume=True, progress=False)
     sys.stdout.write(json.dumps({"out": str(result.run_dir), "final": asdict(result.final)}) + "\n")

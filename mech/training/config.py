@@ -1,5 +1,5 @@
-"""The finetuning run's settings and records:  with its , one
- per step, the , and , raised when a loss term or a
+"""The finetuning run's settings and records: `FinetuneConfig` with its `KLSchedule`, one
+`StepRecord` per step, the `FinetuneResult`, and `NonFiniteError`, raised when a loss term or a
 gradient stops being finite."""
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ class FinetuneConfig:
     reference_budget_mb: float = 2048.0
     track_kl: bool = True
     """Measure the KL every step even while its weight is 0 (the revert experiment's trajectory)."""
+    cache_device: str | None = None
+    """Where the cached residuals and reference log-probs live between steps: None, the model's
+    device; "cpu", host memory (pinned when the model is on CUDA), moved one batch at a time.
+    At 14B with 6000 + 6000 cached conversations that frees 24.6 GiB of GPU memory for about
+    5 MiB moved per batch. Placement only: the results are the same either way."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -118,13 +118,24 @@ def finetune(
         )
     site = adapter.entry(model)
     adapter.to(model.cfg.device)
-    train_set = CachedChatSet.build(model, train, site, batch_size=cfg.batch_size, name="train", cache=cache)
+    store = cfg.cache_device
+    train_set = CachedChatSet.build(
+        model, train, site, batch_size=cfg.batch_size, name="train", cache=cache, store_device=store
+    )
     kl_set = kl_data if isinstance(kl_data, CachedChatSet) else None
     if kl_set is not None and kl_set.site != site:
         raise ValueError(f"kl_data was cached at {kl_set.site}, but this adapter enters at {site}")
+    if kl_set is not None and store is not None and kl_set.store_device != store:
+        kl_set.store_on(store, model)
     if kl_data is not None and kl_set is None:
         kl_set = CachedChatSet.build(
-            model, kl_data, site, batch_size=cfg.kl_batch_size, name="kl_data", cache=cache
+            model,
+            kl_data,
+            site,
+            batch_size=cfg.kl_batch_size,
+            name="kl_data",
+            cache=cache,
+            store_device=store,
         )
     reference = kl_reference(cfg, kl_set.n_targets() if kl_set else 0, model.cfg.d_vocab)
     if kl_set is not None:

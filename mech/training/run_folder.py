@@ -33,6 +33,8 @@ ADDED_SETTINGS = {"finetune.grad_accum": 1, "finetune.warmup_steps": 0}
 """Config fields added after runs were first written, at the value that means what a run without
 them did: a folder whose config lacks one resumes as if it held that value."""
 RECORDED_LATER = ("kl_data.reference.",)
+PLACEMENT = ("finetune.cache_device",)
+"""Settings that say where tensors live, not what is computed: a run may resume with others."""
 
 
 class RunFolder:
@@ -52,7 +54,9 @@ class RunFolder:
             # Records added later (how the KL reference is kept) are compared only where the old
             # config has them: they follow from fields that are compared.
             now = {k: v for k, v in now.items() if k in before or not k.startswith(RECORDED_LATER)}
-            changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+            changed = sorted(
+                k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in PLACEMENT
+            )
             if changed:
                 raise ValueError(
                     f"{self.path}: cannot resume, the run was started with different {', '.join(changed)}"
