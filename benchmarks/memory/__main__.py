@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.memory import estimate
 from benchmarks.memory.formula import Batch, Workload, extrapolate
 from benchmarks.memory.measure import measure_model, replay_step
 from benchmarks.memory.shapes import KINDS, QWEN25_14B, QWEN25_32B, QWEN25_72B, REAL_SHAPE, qwen2_model
@@ -32,8 +33,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/memory.json"))
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     parser.add_argument("--threads", type=int, default=1)
+    estimate.add_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.estimate is not None:
+        try:
+            row = estimate.run(args)
+        except ValueError as err:
+            parser.error(str(err))
+        print(
+            f"{row['model']}, layer {row['layer']}, {row['adapter']}, {row['batch']}, KL term {row['kl_term']}, "
+            f"caches on {row['cache_device']}: {row['gib']} GiB by the formula, {row['traced_gib']} traced; "
+            f"fits {row['fits']}"
+        )
+        print(json.dumps(row))
+        return
     began = time.perf_counter()
 
     # Measured, eager: CE batch and KL batch of 2 conversations x 32 tokens, 16 of them predicted.
@@ -82,7 +96,8 @@ def main() -> None:
         + components_table(cases)
         + "\nExtrapolated to bf16 (GiB; top-k reference; step traced on the meta device, and by the formula)\n\n"
         + markdown_table(rows)
-        + "\nWhat would fit (GiB, formula): without the KL term alone; then three changes, cumulative\n\n"
+        + "\nWhat would fit (GiB, formula): before copy_free_weights (estimate), today, without the KL term,"
+        " with host caches, and (not implemented) also the lower blocks in host memory\n\n"
         + mitigation_table([r for r in rows if r["adapter"] == "lora_r1"])
     )
     print(tables)

@@ -156,9 +156,10 @@ def weight_copies_avoided(shape: Shape, kind: str, s: int) -> int:
 
 def extrapolate(
     shape: Shape, batch: Batch, kind: str, workload: Workload, *, traced: float | None,
-    cache_device: str = "device",
+    cache_device: str = "device", kl: bool = True,
 ) -> dict:  # fmt: skip
-    """One table row in bytes: bf16 weights, adapter state, caches and one CE + top-k KL step.
+    """One table row in bytes: bf16 weights, adapter state, caches and one CE + top-k KL step
+    (CE only without `kl`; give the workload no KL conversations then).
 
     `cache_device="cpu"` keeps the cached residuals and reference in host memory (the engine's
     `FinetuneConfig.cache_device`): only one batch of each is on the GPU during a step.
@@ -166,7 +167,7 @@ def extrapolate(
     s = 2
     cache_tokens = (workload.train_conversations + workload.kl_conversations) * workload.tokens
     kl_targets = workload.kl_conversations * workload.assistant
-    step = estimate_step(shape, kind, s, batch, batch)
+    step = estimate_step(shape, kind, s, batch, batch if kl else None)
     n_blocks = shape.n_layers - shape.layer
     row = {
         "model": shape.name, "layer": shape.layer, "blocks_with_grad": n_blocks, "batch": batch.label(),
@@ -181,9 +182,10 @@ def extrapolate(
         "blocks_below_adapter": shape.layer * shape.block_params() * s + shape.d_vocab * shape.d_model * s,
     }  # fmt: skip
     # On the GPU during a step with host caches: one batch's residuals and its reference rows.
-    in_flight = 2 * batch.tokens * shape.d_model * s + batch.targets * reference_bytes_per_token(
+    in_flight = (1 + kl) * batch.tokens * shape.d_model * s + kl * batch.targets * reference_bytes_per_token(
         shape, "topk"
     )
+    row["caches_in_flight"] = in_flight
     row["caches_on_device"] = (
         row["residual_cache"] + row["reference_topk"] if cache_device == "device" else in_flight
     )

@@ -148,13 +148,16 @@ def engine_step_peak(
 
 
 # -- the step replayed without data (meta) --------------------------------------------------------
-def replay_step(model: HookedTransformer, kind: str, train: Batch, kl: Batch | None) -> float:
+def replay_step(
+    model: HookedTransformer, kind: str, train: Batch, kl: Batch | None, layer: int | None = None
+) -> float:
     """Peak bytes allocated during one step that mirrors `mech.training.engine._step` (CE, top-k KL,
     backward, AdamW) but selects assistant rows by index instead of boolean mask, so that it runs
-    on "meta" tensors: the real-size step, traced without memory or a GPU."""
+    on "meta" tensors: the real-size step, traced without memory or a GPU. The adapter sits at
+    `layer` (default: the middle block)."""
     device = model.cfg.device
     with torch.device(device):
-        adapter = make_adapter(kind, model, model.cfg.n_layers // 2)
+        adapter = make_adapter(kind, model, model.cfg.n_layers // 2 if layer is None else layer)
     start, end = adapter.entry(model).start_at_layer, model.cfg.n_layers
     d = model.cfg.d_model
 
@@ -220,7 +223,7 @@ def measure_model(
                 "per_token_per_key_per_block": (block_bytes(shape, s, 1, 1) - block_bytes(shape, s, 1, 0)),
             }
             fit["formula"] = formula
-            fit["ratio"] = {k: fit[k] / v for k, v in formula.items()}
+            fit["ratio"] = {k: fit[k] / v for k, v in formula.items() if v}  # no constant: no copies
         fit["saved_formula"] = {
             f"{b}x{p}": fit["blocks"] * block_bytes(shape, s, b * p, p)
             + adapter_saved_bytes(shape, kind, s, b * p, p)

@@ -40,11 +40,13 @@ class Shape:
     n_kv_heads: int
     d_head: int
     d_vocab: int
+    adapter_layer: int | None = None
 
     @property
     def layer(self) -> int:
-        """The adapter's block: the middle one, as `mech.hooks.default_layer` (24 of 48)."""
-        return self.n_layers // 2
+        """The adapter's block: `adapter_layer`, else the middle one, as `mech.hooks.default_layer`
+        (24 of 48)."""
+        return self.n_layers // 2 if self.adapter_layer is None else self.adapter_layer
 
     def matrix_shapes(self) -> dict[Matrix, tuple[int, int]]:
         """(in, out) of each block matrix, as `mech.adapters.lora.matrix_shape`."""
