@@ -331,7 +331,8 @@ def check_setting_config(cfg: SettingConfig) -> None:
     if cfg.train is None:
         raise ValueError("a real model needs its narrow training set: give --train FILE.jsonl (chat JSONL)")
     for flag, value, least in (("--samples", cfg.samples, 1), ("--max-new-tokens", cfg.max_new_tokens, 1),
-                               ("--batch-size", cfg.batch_size, 1), ("--concurrency", cfg.concurrency, 1)):  # fmt: skip
+                               ("--batch-size", cfg.batch_size, 1), ("--concurrency", cfg.concurrency, 1),
+                               ("--n-devices", cfg.n_devices, 1)):  # fmt: skip
         if value < least:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
     if cfg.temperature < 0:
@@ -360,7 +361,9 @@ def model_setting(cfg: SettingConfig, *, cache: ContentCache | None = None) -> M
     kl = seeded_sample(read_chat_jsonl(cfg.kl), cfg.kl_size) if cfg.kl is not None else []
     questions = evaluation_questions(cfg)
     judges, narrow_judge = make_judges(cfg, questions_files=[cfg.questions, cfg.narrow_questions])
-    model = load_model(cfg.model, adapter=cfg.base_adapter, dtype=cfg.dtype, device=cfg.device)
+    model = load_model(
+        cfg.model, adapter=cfg.base_adapter, dtype=cfg.dtype, device=cfg.device, n_devices=cfg.n_devices
+    )
     layer = model.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
     if not 0 <= layer < model.cfg.n_layers:
         raise ValueError(f"--layer {layer}: {cfg.model} has layers 0..{model.cfg.n_layers - 1}")

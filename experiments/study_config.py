@@ -33,6 +33,8 @@ class SettingConfig:
     """A PEFT adapter merged into the model before anything (e.g. a published EM finetune)."""
     dtype: str = "float32"
     device: str | None = None
+    n_devices: int = 1
+    """Split a real model's blocks over this many GPUs from --device (`load_model(n_devices=)`)."""
     layer: int | None = None
     """Steering vectors add at `blocks.L.hook_resid_post`, LoRAs adapt block L; None: n_layers // 2."""
     train: str | None = None

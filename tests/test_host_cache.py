@@ -37,7 +37,7 @@ def test_every_forward_reads_its_batch_through_the_move(tiny_qwen2, monkeypatch)
     """Residuals and references reach the blocks only via `_on_model` (one batch at a time)."""
     moved = []
 
-    def spy(value, model):
+    def spy(value, device):
         moved.append(value)
         return value
 

@@ -26,6 +26,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
+from mech.models.placement import block_device
+
 
 @dataclass(frozen=True)
 class AdapterSite:
@@ -45,6 +47,11 @@ class Adapter(nn.Module):
 
     def entry(self, model: HookedTransformer) -> AdapterSite:
         raise NotImplementedError
+
+    def place(self: AdapterT, model: HookedTransformer) -> AdapterT:
+        """Move the parameters to the device of the block they act in (a model split over GPUs
+        by `mech.models.placement` has several). In place; returns self."""
+        return self.to(block_device(model, min(self.entry(model).start_at_layer, model.cfg.n_layers - 1)))
 
     def applied(
         self,
@@ -119,6 +126,11 @@ class AdapterStack(Adapter):
 
     def entry(self, model: HookedTransformer) -> AdapterSite:
         return min((a.entry(model) for a in self.adapters), key=lambda site: site.start_at_layer)
+
+    def place(self, model: HookedTransformer) -> AdapterStack:
+        for adapter in self.adapters:
+            adapter.place(model)
+        return self
 
     @contextlib.contextmanager
     def applied(

@@ -40,6 +40,7 @@ from mech.adapters.base import Adapter, AdapterSite
 from mech.adapters.noise import orthogonal_noise
 from mech.hooks import check_layer, resid_hook_name
 from mech.io.atomic import write_json
+from mech.models.placement import block_device
 
 Matrix = Literal["W_Q", "W_K", "W_V", "W_O", "W_gate", "W_in", "W_out"]
 MATRICES: tuple[Matrix, ...] = ("W_Q", "W_K", "W_V", "W_O", "W_gate", "W_in", "W_out")
@@ -122,9 +123,21 @@ class LoraAdapter(Adapter):
             self.A[_key(layer, matrix)] = nn.Parameter(a)
             self.B[_key(layer, matrix)] = nn.Parameter(torch.zeros(d_out, rank))
 
+    def place(self, model: HookedTransformer) -> LoraAdapter:
+        """Each site's A and B on the device of its block (as `Module.to`, new parameters where
+        they move: place before making the optimizer)."""
+        for layer, matrix in self.sites:
+            device, key = block_device(model, layer), _key(layer, matrix)
+            for factors in (self.A, self.B):
+                if factors[key].device != device:
+                    factors[key] = nn.Parameter(factors[key].detach().to(device), factors[key].requires_grad)
+        return self
+
     # -- the update -------------------------------------------------------------------------
     def delta(self, layer: int, matrix: Matrix, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
         a, b = self.A[_key(layer, matrix)], self.B[_key(layer, matrix)]
+        # A no-op unless the adapter was left on another device than its block (see `place`).
+        a, b = a.to(x.device), b.to(x.device)
         return (self.scale * ((x.to(a.dtype) @ a.T) @ b.T)).to(x.dtype)
 
     def delta_weights(self) -> dict[tuple[int, Matrix], Float[Tensor, "d_out d_in"]]:

@@ -13,6 +13,7 @@ from transformer_lens import HookedTransformer
 from mech.adapters.base import Adapter, AdapterSite
 from mech.adapters.noise import orthogonal_noise
 from mech.hooks import ResidPoint, add_vector_hook, check_layer, resid_hook_name
+from mech.models.placement import block_device
 
 
 class SteeringVector(Adapter):
@@ -74,6 +75,10 @@ class SteeringVector(Adapter):
         raise ValueError(
             f"a vector at {self.hook_name} cannot act on a forward pass starting at block {start_at_layer}"
         )
+
+    def place(self, model: HookedTransformer) -> SteeringVector:
+        """On block `layer`'s device (the hook moves it where a forward pass meets it)."""
+        return self.to(block_device(model, check_layer(model, self.layer) % model.cfg.n_layers))
 
     def applied(
         self,

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from mech._quiet import hooked_transformer, quiet_deprecation, quiet_hf
 from mech.models.hf_convert import checkpoint_architecture, config_from_local
+from mech.models.placement import cuda_devices, split_over
 from mech.models.tokenizer import load_tokenizer
 
 TOY_NAME = "toy"
@@ -212,6 +213,7 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     flags: LoadingFlags = LoadingFlags(),
     n_ctx: int | None = None,
+    n_devices: int = 1,
 ) -> HookedTransformer:
     """Load a model as a `HookedTransformer`.
 
@@ -223,6 +225,9 @@ def load_model(
         device, dtype: where and in which precision the model lives.
         flags: TransformerLens processing (default none; see the module docstring).
         n_ctx: context length override (TransformerLens allocates n_ctx x n_ctx masks per layer).
+        n_devices: split the blocks over this many consecutive GPUs from `device` (default
+            cuda:0), where TransformerLens's forward pass sends them (`mech.models.placement`);
+            the model is converted in host memory first.
 
     Example (not run)::
 
@@ -231,6 +236,11 @@ def load_model(
     """
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+    split = cuda_devices(n_devices, device) if n_devices > 1 else None
+    if split is not None:
+        device = "cpu"  # converted on the host, then each block goes to its GPU
     adapter_path = Path(adapter).resolve() if adapter is not None else None
     if adapter_path is not None and not adapter_path.is_dir():
         raise ValueError(f"adapter {adapter}: no such directory")
@@ -253,6 +263,8 @@ def load_model(
             raise _unknown_model_error(name) from None
         with quiet_hf():
             model = _load_official(name, adapter_path, flags, device, dtype, n_ctx)
+    if split is not None:
+        split_over(model, split)
     info = ModelInfo(name=name, flags=flags, adapter=str(adapter_path) if adapter_path else None)
     setattr(model, _INFO_ATTR, info)
     return model

@@ -15,6 +15,7 @@ from transformer_lens import HookedTransformer
 from mech.adapters.base import Adapter, AdapterSite
 from mech.hooks import has_hooks
 from mech.models.chat import ChatBatch
+from mech.models.placement import block_device
 from mech.training.cache import ContentCache, model_identity
 from mech.training.config import NonFiniteError
 from mech.training.data import ChatData, conversations_of, fingerprint, length_batches, tokenize_conversations
@@ -98,8 +99,9 @@ class CachedChatSet:
         self.references = [_stored(r, home, model.cfg.device) for r in self.references]
 
     def residual(self, model: HookedTransformer, i: int) -> Float[Tensor, "batch pos d_model"]:
-        """Batch `i`'s cached residual on the model's device (a no-op unless stored elsewhere)."""
-        return _on_model(self.residuals[i], model)
+        """Batch `i`'s cached residual on the device of its first block (a no-op unless stored
+        elsewhere)."""
+        return _on_model(self.residuals[i], block_device(model, self.site.start_at_layer))
 
     def logits(
         self, model: HookedTransformer, adapter: Adapter | None, i: int
@@ -128,7 +130,7 @@ class CachedChatSet:
         else:
             with adapter.applied(model, start_at_layer=start, response_mask=batch.response_mask):
                 final = model(self.residual(model, i), start_at_layer=start, stop_at_layer=end)
-        return model(final[batch.prediction_mask][None], start_at_layer=end)[0]
+        return model(final[batch.prediction_mask.to(final.device)][None], start_at_layer=end)[0]
 
     @torch.no_grad()
     def mean_cross_entropy(self, model: HookedTransformer, adapter: Adapter | None) -> float:
@@ -137,7 +139,9 @@ class CachedChatSet:
         for i, batch in enumerate(self.batches):
             logits = self.target_logits(model, adapter, i).float()
             total += float(
-                torch.nn.functional.cross_entropy(logits, response_targets(batch), reduction="sum")
+                torch.nn.functional.cross_entropy(
+                    logits, response_targets(batch).to(logits.device), reduction="sum"
+                )
             )
             count += logits.shape[0]
         return total / count
@@ -182,7 +186,7 @@ class CachedChatSet:
     def kl(self, model: HookedTransformer, adapter: Adapter, i: int) -> Float[Tensor, ""]:
         """Mean KL(unadapted || adapted) over batch `i`'s assistant positions."""
         current = self.target_logits(model, adapter, i)
-        reference = _on_model(self.references[i], model)
+        reference = _on_model(self.references[i], current.device)
         if reference is None:
             with torch.no_grad():
                 reference = self.target_logits(model, None, i).float().log_softmax(-1)
@@ -210,11 +214,11 @@ def _stored(value: Any, device: str | torch.device, model_device: str | torch.de
     return value
 
 
-def _on_model(value: Any, model: HookedTransformer) -> Any:
-    """`value` on the model's device: from pinned host memory without blocking the host, so the
-    copy queues behind the work already launched."""
+def _on_model(value: Any, device: torch.device) -> Any:
+    """`value` on `device` (where the model uses it): from pinned host memory without blocking
+    the host, so the copy queues behind the work already launched."""
     if value is None:
         return None
     if isinstance(value, torch.return_types.topk):
-        return torch.return_types.topk(tuple(_on_model(t, model) for t in value))
-    return value.to(model.cfg.device, non_blocking=True)
+        return torch.return_types.topk(tuple(_on_model(t, device) for t in value))
+    return value.to(device, non_blocking=True)

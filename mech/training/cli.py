@@ -65,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="toy", help="anything load_model accepts (default: toy)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
     p.add_argument("--device", default=None)
+    p.add_argument("--n-devices", type=int, default=1, help="split the model's blocks over this many GPUs")
     p.add_argument(
         "--train", required=True, help="chat JSONL (`messages` per line); assistant turns are trained"
     )
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.kl_weight and not args.kl:
         raise SystemExit("--kl-weight needs --kl (the data whose behaviour the KL term keeps)")
-    for flag in ("batch_size", "grad_accum", "kl_batch_size", "steps", "epochs"):
+    for flag in ("batch_size", "grad_accum", "kl_batch_size", "steps", "epochs", "n_devices"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         steps = steps_for_epochs(args.epochs, len(train), args.batch_size, args.grad_accum)
     else:
         steps = FinetuneConfig().steps if args.steps is None else args.steps
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, n_devices=args.n_devices)
     adapter = build_adapter(args, model)
     cfg = FinetuneConfig(
         steps=steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,

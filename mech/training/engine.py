@@ -117,7 +117,7 @@ def finetune(
             f"grad_accum must be >= 1 and warmup_steps >= 0, got {cfg.grad_accum} and {cfg.warmup_steps}"
         )
     site = adapter.entry(model)
-    adapter.to(model.cfg.device)
+    adapter.place(model)
     store = cfg.cache_device
     train_set = CachedChatSet.build(
         model, train, site, batch_size=cfg.batch_size, name="train", cache=cache, store_device=store
@@ -234,9 +234,8 @@ def _step(
     for m, i in enumerate(train_ids):
         targets = response_targets(train_set.batches[i])
         with copy_free_weights(model):  # backward remakes weight copies instead of keeping them
-            ce = torch.nn.functional.cross_entropy(
-                train_set.target_logits(model, adapter, i).float(), targets
-            )
+            logits = train_set.target_logits(model, adapter, i)
+            ce = torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device))
             kl = None
             if kl_ids:
                 with contextlib.nullcontext() if weight != 0 else torch.no_grad():
