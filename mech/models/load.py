@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer
 from transformer_lens import loading_from_pretrained as tl_loading
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from mech._quiet import hooked_transformer, quiet_deprecation, quiet_hf
 from mech.models.hf_convert import checkpoint_architecture, config_from_local
 from mech.models.placement import cuda_devices, split_over
+from mech.models.safetensors_loading import load_weights_by_group
 from mech.models.tokenizer import load_tokenizer
 
 TOY_NAME = "toy"
@@ -123,10 +124,8 @@ def _merge_adapter(hf_model: PreTrainedModel, adapter: Path, base_name: str) -> 
     return PeftModel.from_pretrained(hf_model, str(adapter)).merge_and_unload()
 
 
-def _load_local(
-    path: Path, adapter: Path | None, flags: LoadingFlags, device: str | None, dtype: torch.dtype,
-    n_ctx: int | None,
-) -> HookedTransformer:  # fmt: skip
+def _checkpoint_architecture(path: Path) -> str:
+    """The architecture checkpoint directory `path` declares, checked before any weights are read."""
     if not (path / "config.json").is_file():
         if (path / "adapter_config.json").is_file():
             raise ValueError(
@@ -139,22 +138,59 @@ def _load_local(
             f"{path}: no *.safetensors weights; pickled checkpoints (pytorch_model.bin) are refused, "
             "convert them with transformers' save_pretrained(safe_serialization=True) where you trust them"
         )
-    # The architecture comes from config.json, checked before any weights are read; the folder's
-    # name plays no part (TransformerLens's own converter branches on substrings of it).
+    # The architecture comes from config.json; the folder's name plays no part (TransformerLens's
+    # own converter branches on substrings of it).
     try:
         declared = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}/config.json: not valid JSON ({err})") from None
-    architecture = checkpoint_architecture(path, declared.get("architectures"), declared.get("model_type"))
-    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, local_files_only=True, attn_implementation="eager", use_safetensors=True
-    )
+    return checkpoint_architecture(path, declared.get("architectures"), declared.get("model_type"))
+
+
+def _check_model_class(path: Path, hf_model: PreTrainedModel, architecture: str) -> None:
     if type(hf_model).__name__ != architecture:
         raise ValueError(
             f"{path}: config.json declares {architecture}, but its model_type "
-            f"{hf_config.model_type!r} loads as {type(hf_model).__name__}"
+            f"{hf_model.config.model_type!r} loads as {type(hf_model).__name__}"
         )
+
+
+def _load_local(
+    path: Path, adapter: Path | None, flags: LoadingFlags, device: str | None, dtype: torch.dtype,
+    n_ctx: int | None, *, via_hf_model: bool = False,
+) -> HookedTransformer:  # fmt: skip
+    """A local checkpoint as a HookedTransformer.
+
+    By default the weights are read layer by layer from the safetensors files
+    (`mech.models.safetensors_loading`): the host holds about one copy of them, and on "cuda" only
+    one layer's tensors at a time. Through the whole Hugging Face model instead (several copies at
+    once) when an `adapter` is merged (PEFT merges into a complete HF model) or `flags` fold or
+    centre anything (that processing acts on the whole state dict); `via_hf_model=True` forces
+    that path (the loading benchmark and tests compare the two).
+    """
+    architecture = _checkpoint_architecture(path)
+    hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if via_hf_model or adapter is not None or flags != LoadingFlags():
+        return _load_local_via_hf_model(path, hf_config, architecture, adapter, flags, device, dtype, n_ctx)
+    with torch.device("meta"):  # the HF modules only: their weights come one layer at a time
+        hf_model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="eager")
+    _check_model_class(path, hf_model, architecture)
+    cfg = config_from_local(path, hf_config, fold_ln=False, dtype=dtype, device=device, n_ctx=n_ctx)
+    tokenizer = load_tokenizer(path)
+    with torch.device(cfg.device):  # the parameters are allocated where they will live, once
+        model = hooked_transformer(cfg, tokenizer, move_to_device=False)
+    load_weights_by_group(model, hf_model, path, dtype)
+    return model.to(cfg.device, print_details=False)
+
+
+def _load_local_via_hf_model(
+    path: Path, hf_config: PretrainedConfig, architecture: str, adapter: Path | None, flags: LoadingFlags,
+    device: str | None, dtype: torch.dtype, n_ctx: int | None,
+) -> HookedTransformer:  # fmt: skip
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, local_files_only=True, attn_implementation="eager", use_safetensors=True
+    )
+    _check_model_class(path, hf_model, architecture)
     if adapter is not None:
         hf_model = _merge_adapter(hf_model, adapter, str(path))
     tokenizer = load_tokenizer(path)
@@ -222,6 +258,9 @@ def load_model(
             local Hugging Face checkpoint directory (converted without the hub), "toy" (the shipped
             organism), "toy:NAME" (a shipped variant) or an organism directory.
         adapter: a PEFT LoRA adapter directory, merged into the base weights before conversion.
+            A local checkpoint is otherwise read layer by layer from its safetensors files, holding
+            about one copy of the weights in host memory (on "cuda", only one layer's tensors);
+            an adapter or processing `flags` need the whole Hugging Face model (several copies).
         device, dtype: where and in which precision the model lives.
         flags: TransformerLens processing (default none; see the module docstring).
         n_ctx: context length override (TransformerLens allocates n_ctx x n_ctx masks per layer).

@@ -18,6 +18,7 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     PretrainedConfig,
+    PreTrainedTokenizerFast,
     Qwen2Config,
 )
 
@@ -90,7 +91,8 @@ MISTRAL_CHAT_TEMPLATE = (
 )
 
 
-def _tokenizer(arch: Architecture):
+def tiny_tokenizer(arch: Architecture) -> PreTrainedTokenizerFast:
+    """The word-level stand-in for `arch`'s chat tokenizer that tiny checkpoints are saved with."""
     if arch == "qwen2":
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
         return word_level_tokenizer(
@@ -157,17 +159,23 @@ def write_tiny_checkpoint(
     d_model: int = 32,
     seed: int = 0,
     noise: float = 0.1,
+    tie_embeddings: bool | None = None,
+    max_shard_size: str | None = None,
 ) -> Path:
     """Write a random-weight `arch` checkpoint (config, safetensors, tokenizer) to `path`.
 
     Weights are the HF initialisation plus N(0, noise^2), so norms and logits are far from trivial.
+    `tie_embeddings` overrides the architecture's default here (Gemma-2 tied, the others not);
+    `max_shard_size` (e.g. "20KB") writes sharded files with a `model.safetensors.index.json`.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
     path = Path(path)
-    tokenizer = _tokenizer(arch)
+    tokenizer = tiny_tokenizer(arch)
     vocab_size = 8 * ((len(tokenizer) + 7) // 8)
     config = _config(arch, vocab_size, n_layers, d_model, tokenizer)
+    if tie_embeddings is not None:
+        config.tie_word_embeddings = tie_embeddings
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     generator = torch.Generator().manual_seed(seed)
@@ -175,7 +183,8 @@ def write_tiny_checkpoint(
         for param in model.parameters():
             param.add_(noise * torch.randn(param.shape, generator=generator))
     with quiet_hf():
-        model.save_pretrained(path, safe_serialization=True)
+        shards = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        model.save_pretrained(path, safe_serialization=True, **shards)
     tokenizer.save_pretrained(path)
     return path
 
