@@ -36,6 +36,8 @@ from mech._quiet import hooked_transformer, quiet_sae_lens_import  # noqa: E402
 with quiet_sae_lens_import():
     import sae_lens  # noqa: E402, F401
 
+from tiny_shape import DTYPES, TINY  # noqa: E402
+
 from mech.models.load import load_model  # noqa: E402
 from mech.models.tiny_checkpoints import write_tiny_checkpoint  # noqa: E402
 
@@ -94,6 +96,14 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     # Realistic directory names: TransformerLens picks config branches by substrings like "gemma-2-".
     names = {"qwen2": "Qwen2.5-tiny-Instruct", "gemma2": "gemma-2-tiny-it"}
     return {arch: write_tiny_checkpoint(arch, root / name, n_layers=3) for arch, name in names.items()}
+
+
+@pytest.fixture(scope="module", params=sorted(DTYPES))
+def tiny_qwen2_shaped(request):
+    """`tiny_shape.TINY` with random weights, in bf16 and in fp32 (one model per module)."""
+    from benchmarks.memory.shapes import qwen2_model  # noqa: PLC0415
+
+    return qwen2_model(TINY, dtype=DTYPES[request.param], device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -6,20 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_shape import TINY
 
 from benchmarks.memory import formula, shapes
 from benchmarks.memory.counting import saved_bytes
 from mech.training.frozen_weights import copy_free_weights
-
-TINY = shapes.Shape(
-    "tiny-qwen2", n_layers=4, d_model=64, d_mlp=160, n_heads=4, n_kv_heads=2, d_head=16, d_vocab=96
-)
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-@pytest.fixture(scope="module", params=sorted(DTYPES))
-def tiny(request):
-    return shapes.qwen2_model(TINY, dtype=DTYPES[request.param], device="cpu")
 
 
 def _run(model, kind: str, copy_free: bool):
@@ -44,19 +35,19 @@ def _run(model, kind: str, copy_free: bool):
 
 
 @pytest.mark.parametrize("kind", shapes.KINDS)
-def test_logits_and_gradients_are_bit_identical(tiny, kind):
-    logits, grad, adapter_grads, _ = _run(tiny, kind, copy_free=False)
-    logits_cf, grad_cf, adapter_grads_cf, _ = _run(tiny, kind, copy_free=True)
+def test_logits_and_gradients_are_bit_identical(tiny_qwen2_shaped, kind):
+    logits, grad, adapter_grads, _ = _run(tiny_qwen2_shaped, kind, copy_free=False)
+    logits_cf, grad_cf, adapter_grads_cf, _ = _run(tiny_qwen2_shaped, kind, copy_free=True)
     assert torch.equal(logits, logits_cf)
     assert torch.equal(grad, grad_cf)
     assert all(torch.equal(a, b) for a, b in zip(adapter_grads, adapter_grads_cf, strict=True))
 
 
-def test_no_weight_copy_is_saved(tiny):
+def test_no_weight_copy_is_saved(tiny_qwen2_shaped):
     """Saved bytes fall by exactly the copies of the two blocks' matrices and of W_U."""
-    s = shapes.dtype_bytes(tiny)
-    *_, kept = _run(tiny, "steering", copy_free=False)
-    *_, copy_free = _run(tiny, "steering", copy_free=True)
+    s = shapes.dtype_bytes(tiny_qwen2_shaped)
+    *_, kept = _run(tiny_qwen2_shaped, "steering", copy_free=False)
+    *_, copy_free = _run(tiny_qwen2_shaped, "steering", copy_free=True)
     copies = 2 * formula.weight_copy_bytes(TINY, s) + s * TINY.d_model * TINY.d_vocab
     assert kept - copy_free == copies
 
