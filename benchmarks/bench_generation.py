@@ -30,7 +30,9 @@ def throughput(model, questions, cfg: SamplingConfig) -> tuple[float, list[str]]
     return int(frame["n_tokens"].sum()) / (time.perf_counter() - start), frame["answer"].tolist()
 
 
-def _row_generator(seed: int, question_id: str, sample: int, device: str | torch.device = "cpu") -> torch.Generator:
+def _row_generator(
+    seed: int, question_id: str, sample: int, device: str | torch.device = "cpu"
+) -> torch.Generator:
     """The per-row random stream of the previous sampler (kept for its baseline below)."""
     digest = hashlib.sha256(f"{seed}\0{question_id}\0{sample}".encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
@@ -57,7 +59,10 @@ def sampler_speedup(batch: int, d_vocab: int = 152064, steps: int = 10) -> float
     logits = torch.randn(batch, d_vocab, generator=torch.Generator().manual_seed(0))
     generators = [_row_generator(0, f"q{i}", 0) for i in range(batch)]
     noise = RowNoise([row_key(0, f"q{i}", 0) for i in range(batch)], d_vocab, logits.device)
-    steppers = {"now": lambda step: _choose(logits, 1.0, noise, step), "before": lambda _: previous_choose(logits, 1.0, generators)}
+    steppers = {
+        "now": lambda step: _choose(logits, 1.0, noise, step),
+        "before": lambda _: previous_choose(logits, 1.0, generators),
+    }
     times = dict.fromkeys(steppers, 0.0)
     for name, stepper in steppers.items():  # warm-up: first-touch of buffers and allocator
         stepper(0)
@@ -69,7 +74,7 @@ def sampler_speedup(batch: int, d_vocab: int = 152064, steps: int = 10) -> float
     return times["before"] / times["now"]
 
 
-def versus_hf_generate(batch: int, new_tokens: int, repeats: int = 3) -> dict:
+def versus_hf_generate(batch: int, new_tokens: int, repeats: int = 7) -> dict:
     """Our sampler's tokens/s over Hugging Face `generate`'s (sampling at temperature 1, no stop
     token) on the same tiny random-weight Qwen2 checkpoint, batch and prompts; the best of
     `repeats` interleaved runs each, after a warm-up run."""

@@ -26,7 +26,9 @@ def models(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("fast_decode")
     found = {"toy": load_model("toy")}
     for arch in ("qwen2", "llama", "mistral", "gemma2"):
-        found[arch] = load_model(write_tiny_checkpoint(arch, Path(root) / f"{arch}-tiny", n_layers=2, d_model=64))
+        found[arch] = load_model(
+            write_tiny_checkpoint(arch, Path(root) / f"{arch}-tiny", n_layers=2, d_model=64)
+        )
     return found
 
 
@@ -138,7 +140,9 @@ def test_the_buffered_cache_holds_what_the_concatenating_one_holds(models):
             model(fed[:, :1], attention_mask=torch.ones_like(fed[:, :1]), past_kv_cache=cache)
     assert torch.equal(buffered.previous_attention_mask, plain.previous_attention_mask)
     for ours, theirs in zip(buffered.entries, plain.entries, strict=True):
-        assert torch.equal(ours.past_keys, theirs.past_keys) and torch.equal(ours.past_values, theirs.past_values)
+        assert torch.equal(ours.past_keys, theirs.past_keys) and torch.equal(
+            ours.past_values, theirs.past_values
+        )
     with pytest.raises(ValueError, match="holds 10 positions"), torch.no_grad():
         model(fed[:, 1:2], attention_mask=torch.ones_like(fed[:, :1]), past_kv_cache=buffered)
 

@@ -185,7 +185,12 @@ def test_sampling_uses_no_torch_generator_and_a_rows_answer_is_its_own(toy, ques
     prompts = [model.tokenizer(q.question)["input_ids"] for q in questions[:4]]
     keys = [row_key(0, q.id, 0) for q in questions[:4]]
     together = generate_batch(model, prompts, keys, temperature=1.0, max_new_tokens=12, stop_ids=stops)
-    backwards = generate_batch(model, prompts[::-1], keys[::-1], temperature=1.0, max_new_tokens=12, stop_ids=stops)
-    alone = [generate_batch(model, [p], [k], temperature=1.0, max_new_tokens=12, stop_ids=stops)[0] for p, k in zip(prompts, keys, strict=True)]
+    backwards = generate_batch(
+        model, prompts[::-1], keys[::-1], temperature=1.0, max_new_tokens=12, stop_ids=stops
+    )
+    alone = [
+        generate_batch(model, [p], [k], temperature=1.0, max_new_tokens=12, stop_ids=stops)[0]
+        for p, k in zip(prompts, keys, strict=True)
+    ]
     assert together == backwards[::-1] == alone
     assert len({tuple(tokens) for tokens, _ in together}) > 1

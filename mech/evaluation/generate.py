@@ -2,9 +2,12 @@
 
 Batched and left-padded with the KV cache on; each row stops at its own end-of-turn token and
 only the generated tokens are decoded, never the prompt (the authors' batched sampler leaked
-prompt text into answers). Sampling is Gumbel-max with one random stream per (question, sample)
-row, seeded from the config seed and the row's identity, so a row's answer does not depend on
-which other rows share its batch: batched equals solo, sampled or greedy.
+prompt text into answers). Sampling is Gumbel-max with noise counted, on the logits' device, from
+(config seed, question id, sample index, step, vocabulary index) (`mech.evaluation.gumbel`), so a
+row's answer does not depend on which other rows share its batch: batched equals solo, sampled or
+greedy. The forward runs TransformerLens's computation through cheaper calls
+(`mech.models.fast_decode`: sdpa attention where no hook reads the pattern, a KV cache written in
+place), equal to TransformerLens's logits to float round-off and firing the same hooks.
 
 Adapters, steering and ablation act through hooks, so they apply here as they do everywhere:
 

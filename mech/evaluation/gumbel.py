@@ -71,7 +71,6 @@ def step_seeds(keys: Int[Tensor, " batch"], steps: Int[Tensor, " steps"]) -> Int
 _SEED_BLOCK = 64
 """Steps whose seeds are made together (a dozen small tensor ops fewer per step)."""
 
-
 _CPU_CHUNK_ELEMENTS = 2**19
 """Noise elements made at a time on CPU (4 MB of bits): a dozen passes over a chunk that stays in
 cache cost half as much as over one batch x vocabulary buffer. Other devices take a whole batch."""
@@ -101,11 +100,11 @@ class RowNoise:
         width = min(self.chunk, d_vocab)
         self._bits = torch.empty(len(self.keys), width, dtype=torch.int64, device=self.keys.device)
         self._scratch = torch.empty_like(self._bits)
-        self._seed_block, self._block_seeds = -1, self.keys[None, :]
+        self._seed_block, self._block_seeds = -1, None
 
     def _seeds(self, step: int) -> Int[Tensor, "batch 1"]:
         block, index = divmod(step, _SEED_BLOCK)
-        if block != self._seed_block:
+        if block != self._seed_block or self._block_seeds is None:
             steps = torch.arange(block * _SEED_BLOCK, (block + 1) * _SEED_BLOCK, device=self.keys.device)
             self._seed_block, self._block_seeds = block, step_seeds(self.keys, steps)
         return self._block_seeds[index][:, None]

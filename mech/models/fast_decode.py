@@ -8,11 +8,14 @@ FLOP. Inside `fast_decoding(model)`:
   to float round-off (another memory layout, another summation order); the hooks are the same;
 - the unembedding multiplies by W_U as stored, where TransformerLens copies it at every call (at
   Qwen's vocabulary, 1.5 GB a step on a 14B model);
-- a block's ln1 normalises once: TransformerLens's block calls it on the same residual three
-  times (for the q, k and v inputs). Where no hook sits inside the norm, the second and third
-  calls return the first call's output, which is what they would compute.
+- a norm with no hook inside (RMSNorm) normalises with torch's fused `F.rms_norm` (x times the
+  inverse root mean square where TransformerLens divides by the root: the same to float
+  round-off), and a block's ln1 normalises once: TransformerLens's block calls it on the same
+  residual three times (for the q, k and v inputs), and the second and third calls return the
+  first call's output, which is what they would compute.
 
-Outside, the model is as it was. `next_token_logits` runs the final norm and the unembedding on
+Which parts take the fast path is decided on entering, from the hooks attached then. Outside, the
+model is as it was. `next_token_logits` runs the final norm and the unembedding on
 the last position only.
 """
 
@@ -22,6 +25,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator
 
+import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -41,7 +45,7 @@ _PURE_NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
 def fast_decoding(model: HookedTransformer) -> Iterator[None]:
     """Model forwards inside are TransformerLens's up to float round-off, with the same hooks
     (but hook_attn_scores and hook_pattern: see `mech.models.sdpa`), at less cost a call."""
-    forwards = {**_uncopied_mlps(model), **_uncopied_unembed(model), **_shared_ln1s(model)}
+    forwards = {**_uncopied_mlps(model), **_uncopied_unembed(model), **_fast_norms(model)}
     with sdpa_attention(model), _instance_forwards(forwards):
         yield
 
@@ -58,7 +62,9 @@ def next_token_logits(
     final = [model.unembed, *([model.ln_final] if model.cfg.normalization_type is not None else [])]
     if tokens.shape[1] == 1 or any(hooked(module) for module in final):
         return model(tokens, attention_mask=attention_mask, past_kv_cache=cache)[:, -1]
-    residual = model(tokens, attention_mask=attention_mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
+    residual = model(
+        tokens, attention_mask=attention_mask, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers
+    )
     last = residual[:, -1:]
     if model.cfg.normalization_type is not None:
         last = model.ln_final(last)
@@ -79,13 +85,19 @@ def _instance_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
 
 
 def _uncopied_mlps(model: HookedTransformer) -> dict[nn.Module, Callable]:
-    if model.cfg.is_layer_norm_activation() or str(model.cfg.device).startswith("mps") or model.cfg.load_in_4bit:
+    if (
+        model.cfg.is_layer_norm_activation()
+        or str(model.cfg.device).startswith("mps")
+        or model.cfg.load_in_4bit
+    ):
         return {}  # SoLU's extra norm; MPS's F.linear (pytorch#161640); quantised weights
     mlps = [block.mlp for block in model.blocks if type(block.mlp) is GatedMLP]
     return {mlp: functools.partial(_gated_mlp_forward, mlp) for mlp in mlps}
 
 
-def _gated_mlp_forward(self: GatedMLP, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+def _gated_mlp_forward(
+    self: GatedMLP, x: Float[Tensor, "batch pos d_model"]
+) -> Float[Tensor, "batch pos d_model"]:
     """`GatedMLP.forward` with the weights as stored (F.linear of W.T multiplies by W, uncopied)."""
     if self.W_gate.device != x.device:
         x = x.to(self.W_gate.device)
@@ -108,10 +120,24 @@ def _unembed_forward(
     return self.hook_out(F.linear(self.hook_in(residual), self.W_U.T, self.b_U))
 
 
-def _shared_ln1s(model: HookedTransformer) -> dict[nn.Module, Callable]:
-    norms = [block.ln1 for block in model.blocks if isinstance(block.ln1, _PURE_NORMS)]
-    unhooked = [norm for norm in norms if not hooked(norm)]
-    return {norm: _LastCall(functools.partial(type(norm).forward, norm)) for norm in unhooked}
+def _fast_norms(model: HookedTransformer) -> dict[nn.Module, Callable]:
+    """Fused RMSNorms, and each block's ln1 computed once a forward, where no hook is inside."""
+    final = [model.ln_final] if model.cfg.normalization_type is not None else []
+    norms = [(block.ln1, True) for block in model.blocks] + [(block.ln2, False) for block in model.blocks]
+    forwards: dict[nn.Module, Callable] = {}
+    for norm, repeated in norms + [(norm, False) for norm in final]:
+        if not isinstance(norm, _PURE_NORMS) or hooked(norm):
+            continue
+        forward = functools.partial(_rms_forward if type(norm) is RMSNorm else type(norm).forward, norm)
+        forwards[norm] = _LastCall(forward) if repeated else forward
+    return forwards
+
+
+def _rms_forward(self: RMSNorm, x: Float[Tensor, "batch pos length"]) -> Float[Tensor, "batch pos length"]:
+    """`RMSNorm.forward` through `F.rms_norm`, for a norm whose hook points have no hooks."""
+    if self.cfg.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32)
+    return F.rms_norm(x, (x.shape[-1],), None, self.eps).to(self.cfg.dtype) * self.w
 
 
 class _LastCall:

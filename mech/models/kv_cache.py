@@ -25,7 +25,7 @@ class _Buffer:
         self.length = 0
 
     def filled(self) -> Tensor:
-        return self._empty if self._data is None else self._data[:, : self.length]
+        return self._empty if self._data is None else self._data.narrow(1, 0, self.length)
 
     def write(self, new: Tensor, keep: bool) -> Tensor:
         """The filled part with `new` after it; the length grows only when `keep`."""
@@ -36,10 +36,10 @@ class _Buffer:
             shape = (new.shape[0], self._capacity, *new.shape[2:])
             dtype = torch.promote_types(self._empty.dtype, new.dtype)  # as torch.cat would
             self._data = torch.empty(shape, dtype=dtype, device=self._empty.device)
-        self._data[:, self.length : end] = new
+        self._data.narrow(1, self.length, new.shape[1]).copy_(new)
         if keep:
             self.length = end
-        return self._data[:, :end]
+        return self._data.narrow(1, 0, end)
 
 
 class BufferedEntry(TransformerLensKeyValueCacheEntry):

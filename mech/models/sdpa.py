@@ -134,7 +134,7 @@ def _sdpa_forward(
     if rotary:
         q, k = self.hook_rot_q(q), self.hook_rot_k(k)
     window = self.cfg.window_size if self.attn_type == "local" else None
-    mask, empty = shared.mask(q.shape[1], k.shape[1], offset, attention_mask, window, q.device)
+    mask, empty = shared.mask(q.shape[1], k.shape[1], offset, attention_mask, window, q)
     z = self.hook_z(_attend(self, q, k, v, mask, empty))
     return _output(self, z)
 
@@ -166,12 +166,12 @@ class _Shared:
             self._matrices[attn] = (versions, flat)
         return flat  # type: ignore[return-value]
 
-    def _memoised(self, forward_key: tuple, key: tuple, make):
-        """`make()` once per forward (`forward_key`: the attention mask by identity, the shape)."""
-        if len(forward_key) != len(self._memo_for) or any(
-            a is not b if isinstance(a, Tensor) else a != b for a, b in zip(forward_key, self._memo_for)
-        ):
-            self._memo, self._memo_for = {}, forward_key
+    def _memoised(self, attention_mask: Tensor | None, offset: int, length: int, key: tuple, make):
+        """`make()` once per forward: a forward is told apart by its attention mask (the same
+        object for every layer, a new one each forward), offset and length."""
+        forward = self._memo_for
+        if not forward or forward[0] is not attention_mask or forward[1:] != (offset, length):
+            self._memo, self._memo_for = {}, (attention_mask, offset, length)
         if key not in self._memo:
             self._memo[key] = make()
         return self._memo[key]
@@ -180,18 +180,23 @@ class _Shared:
         self, attn: AbstractAttention, offset: int, length: int, attention_mask: Tensor | None
     ) -> tuple[Float[Tensor, "#batch pos 1 rotary_dim"], Float[Tensor, "#batch pos 1 rotary_dim"]]:
         """The cos and sin rows of the new positions, as TransformerLens's `apply_rotary` takes
-        them (growing the table as it does)."""
-        if offset + length > attn.rotary_cos.shape[0]:
-            attn._extend_rotary_embeddings(min(attn.cfg.n_ctx, max(offset + length, 2 * attn.rotary_cos.shape[0])))
+        them (growing the table as it does); the positions are found once a forward."""
+        needed, rows_now = offset + length, attn.rotary_cos.shape[0]
+        if needed > rows_now:
+            attn._extend_rotary_embeddings(min(attn.cfg.n_ctx, max(needed, 2 * rows_now)))
         cos, sin = attn.rotary_cos, attn.rotary_sin
 
-        def rows() -> tuple[Tensor, Tensor]:
-            if attention_mask is None:
-                return cos[None, offset : offset + length, None, :], sin[None, offset : offset + length, None, :]
-            positions = get_offset_position_ids(offset, attention_mask).to(cos.device)
-            return cos[positions, None, :], sin[positions, None, :]
-
-        return self._memoised((attention_mask, offset, length), ("rotary", id(cos), id(sin)), rows)
+        if attention_mask is None:
+            new = slice(offset, needed)
+            return cos[None, new, None, :], sin[None, new, None, :]
+        positions = self._memoised(
+            attention_mask,
+            offset,
+            length,
+            ("positions",),
+            lambda: get_offset_position_ids(offset, attention_mask).to(cos.device),
+        )
+        return cos[positions, None, :], sin[positions, None, :]
 
     def mask(
         self,
@@ -200,13 +205,20 @@ class _Shared:
         offset: int,
         attention_mask: Int[Tensor, "batch kv_pos"] | None,
         window: int | None,
-        device: torch.device,
-    ) -> tuple[Bool[Tensor, "#batch 1 pos kv_pos"] | None, Bool[Tensor, "batch 1 pos 1"] | None]:
-        """`_mask`, once per forward and window."""
+        like: Tensor,
+    ) -> tuple[Float[Tensor, "#batch 1 pos kv_pos"] | None, Bool[Tensor, "batch 1 pos 1"] | None]:
+        """`_mask` as sdpa's additive mask (0 or -inf, `like`'s dtype: sdpa would convert a boolean
+        one at every call), once per forward and window."""
+
+        def additive() -> tuple[Tensor | None, Tensor | None]:
+            allowed, empty = _mask(query_len, key_len, offset, attention_mask, window, like.device)
+            if allowed is None:
+                return None, empty
+            zeros = torch.zeros(allowed.shape, dtype=like.dtype, device=like.device)
+            return zeros.masked_fill(~allowed, float("-inf")), empty
+
         return self._memoised(
-            (attention_mask, offset, query_len),
-            ("mask", key_len, window),
-            lambda: _mask(query_len, key_len, offset, attention_mask, window, device),
+            attention_mask, offset, query_len, ("mask", key_len, window, like.dtype), additive
         )
 
 
@@ -261,7 +273,7 @@ def _attend(
     q: Float[Tensor, "batch pos head_index d_head"],
     k: Float[Tensor, "batch kv_pos kv_head_index d_head"],
     v: Float[Tensor, "batch kv_pos kv_head_index d_head"],
-    mask: Bool[Tensor, "#batch 1 pos kv_pos"] | None,
+    mask: Float[Tensor, "#batch 1 pos kv_pos"] | None,
     empty: Bool[Tensor, "batch 1 pos 1"] | None,
 ) -> Float[Tensor, "batch pos head_index d_head"]:
     z = F.scaled_dot_product_attention(
