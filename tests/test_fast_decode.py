@@ -163,3 +163,24 @@ def test_a_repeated_norm_call_returns_the_first_output_until_a_tensor_changes():
     once(x).mul_(0)  # the output written in place: computed again
     assert torch.equal(once(x), torch.full((3,), 4.0)) and len(calls) == 3
     assert torch.equal(once(x.clone()), torch.full((3,), 4.0)) and len(calls) == 4  # another tensor
+
+
+def test_the_norms_of_all_blocks_hold_one_residual_and_none_after(models):
+    from mech.models import fast_decode
+
+    model = models["qwen2"]
+    slots = []
+    original = fast_decode._Slot
+
+    def spy():
+        slots.append(original())
+        return slots[-1]
+
+    tokens = torch.randint(8, model.cfg.d_vocab, (2, 5), generator=torch.Generator().manual_seed(0))
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+        patch.setattr(fast_decode, "_Slot", spy)
+        with fast_decoding(model):
+            model(tokens)
+            (slot,) = slots  # one slot for every block's ln1
+            assert slot.held is not None and slot.held[0] is model.blocks[-1].ln1.forward
+        assert slot.held is None

@@ -45,9 +45,13 @@ _PURE_NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
 def fast_decoding(model: HookedTransformer) -> Iterator[None]:
     """Model forwards inside are TransformerLens's up to float round-off, with the same hooks
     (but hook_attn_scores and hook_pattern: see `mech.models.sdpa`), at less cost a call."""
-    forwards = {**_uncopied_mlps(model), **_uncopied_unembed(model), **_fast_norms(model)}
-    with sdpa_attention(model), _instance_forwards(forwards):
-        yield
+    last_norm = _Slot()
+    forwards = {**_uncopied_mlps(model), **_uncopied_unembed(model), **_fast_norms(model, last_norm)}
+    try:
+        with sdpa_attention(model), _instance_forwards(forwards):
+            yield
+    finally:
+        last_norm.clear()  # no residual outlives the context
 
 
 def next_token_logits(
@@ -120,8 +124,9 @@ def _unembed_forward(
     return self.hook_out(F.linear(self.hook_in(residual), self.W_U.T, self.b_U))
 
 
-def _fast_norms(model: HookedTransformer) -> dict[nn.Module, Callable]:
-    """Fused RMSNorms, and each block's ln1 computed once a forward, where no hook is inside."""
+def _fast_norms(model: HookedTransformer, last_norm: _Slot) -> dict[nn.Module, Callable]:
+    """Fused RMSNorms, and each block's ln1 computed once a forward, where no hook is inside (the
+    ln1s share `last_norm`, so one residual and its norm are held at a time, not one a layer)."""
     final = [model.ln_final] if model.cfg.normalization_type is not None else []
     norms = [(block.ln1, True) for block in model.blocks] + [(block.ln2, False) for block in model.blocks]
     forwards: dict[nn.Module, Callable] = {}
@@ -129,7 +134,7 @@ def _fast_norms(model: HookedTransformer) -> dict[nn.Module, Callable]:
         if not isinstance(norm, _PURE_NORMS) or hooked(norm):
             continue
         forward = functools.partial(_rms_forward if type(norm) is RMSNorm else type(norm).forward, norm)
-        forwards[norm] = _LastCall(forward) if repeated else forward
+        forwards[norm] = _LastCall(forward, last_norm) if repeated else forward
     return forwards
 
 
@@ -140,18 +145,36 @@ def _rms_forward(self: RMSNorm, x: Float[Tensor, "batch pos length"]) -> Float[T
     return F.rms_norm(x, (x.shape[-1],), None, self.eps).to(self.cfg.dtype) * self.w
 
 
+class _Slot:
+    """The last (forward, input, input version, output, output version) of the `_LastCall`s
+    sharing it: one, so a 48-layer prefill at batch 400 holds one residual here, not 48."""
+
+    def __init__(self) -> None:
+        self.held: tuple[object, Tensor, int, Tensor, int] | None = None
+
+    def clear(self) -> None:
+        self.held = None
+
+
 class _LastCall:
     """A pure forward that returns its last output again when called on the same, unchanged
-    tensor (the version counters tell whether either was written in place since)."""
+    tensor (the version counters tell whether either was written in place since), remembered in
+    a `_Slot` it may share with others."""
 
-    def __init__(self, forward: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, forward: Callable[[Tensor], Tensor], slot: _Slot | None = None) -> None:
         self._forward = forward
-        self._last: tuple[Tensor, int, Tensor, int] | None = None
+        self._slot = _Slot() if slot is None else slot
 
     def __call__(self, x: Tensor) -> Tensor:
-        last = self._last
-        if last is not None and last[0] is x and last[1] == x._version and last[3] == last[2]._version:
-            return last[2]
+        held = self._slot.held
+        if (
+            held is not None
+            and held[0] is self
+            and held[1] is x
+            and held[2] == x._version
+            and held[4] == held[3]._version
+        ):
+            return held[3]
         out = self._forward(x)
-        self._last = (x, x._version, out, out._version)
+        self._slot.held = (self, x, x._version, out, out._version)
         return out
