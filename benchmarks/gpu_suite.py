@@ -137,16 +137,15 @@ def training(model: HookedTransformer, shape: Shape, train: Batch, kl: Batch, *,
 
 def sampling(model: HookedTransformer, batch: int, prompt_len: int, new_tokens: int) -> float:
     """Generated tokens/s of the sampler at `batch` rows (temperature 1, no stop token)."""
-    from mech.evaluation.generate import _row_generator, generate_batch
+    from mech.evaluation.generate import generate_batch
+    from mech.evaluation.gumbel import row_key
 
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randint(8, model.cfg.d_vocab, (batch, prompt_len), generator=generator).tolist()
-    generators = [_row_generator(0, f"q{i}", 0, model.cfg.device) for i in range(batch)]
+    keys = [row_key(0, f"q{i}", 0) for i in range(batch)]
 
     def run() -> list:
-        return generate_batch(
-            model, prompts, generators, temperature=1.0, max_new_tokens=new_tokens, stop_ids=[]
-        )
+        return generate_batch(model, prompts, keys, temperature=1.0, max_new_tokens=new_tokens, stop_ids=[])
 
     seconds = timed(run, model.cfg.device, repeats=1, warmup=0)
     return batch * new_tokens / seconds

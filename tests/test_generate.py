@@ -168,15 +168,29 @@ def test_generation_runs_on_a_real_architecture(tiny_gemma2):
     torch.testing.assert_close(torch.tensor(frame["sample"].tolist()), torch.tensor([0, 1, 0, 1]))
 
 
-def test_the_sampler_draws_its_noise_where_its_streams_are_and_keeps_the_host_answers():
-    """The Gumbel noise comes from each row's generator on the model's device (no logits leave it);
-    on CPU the tokens are the ones the host-side sampler drew before."""
-    from benchmarks.bench_generation import previous_choose
-    from mech.evaluation.generate import _choose, _row_generator
+def test_sampling_uses_no_torch_generator_and_a_rows_answer_is_its_own(toy, questions, monkeypatch):
+    """The noise is counted from each row's key (`mech.evaluation.gumbel`), not drawn from torch's
+    generators; a row's answer is the same at any position of any batch."""
+    from mech.evaluation.generate import generate_batch
+    from mech.evaluation.gumbel import row_key
 
-    logits = torch.randn(5, 1000, generator=torch.Generator().manual_seed(0))
-    now = [_row_generator(0, f"q{i}", 0, "cpu") for i in range(5)]
-    before = [_row_generator(0, f"q{i}", 0) for i in range(5)]
-    assert now[0].device == torch.device("cpu")
-    for _ in range(3):
-        assert torch.equal(_choose(logits, 0.7, now), previous_choose(logits, 0.7, before))
+    model, _ = toy
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampling made a torch.Generator or drew from torch's generators")
+
+    for name in ("Generator", "rand", "rand_like", "randn", "multinomial", "manual_seed"):
+        monkeypatch.setattr(torch, name, refuse)
+    stops = stop_token_ids(model)
+    prompts = [model.tokenizer(q.question)["input_ids"] for q in questions[:4]]
+    keys = [row_key(0, q.id, 0) for q in questions[:4]]
+    together = generate_batch(model, prompts, keys, temperature=1.0, max_new_tokens=12, stop_ids=stops)
+    backwards = generate_batch(
+        model, prompts[::-1], keys[::-1], temperature=1.0, max_new_tokens=12, stop_ids=stops
+    )
+    alone = [
+        generate_batch(model, [p], [k], temperature=1.0, max_new_tokens=12, stop_ids=stops)[0]
+        for p, k in zip(prompts, keys, strict=True)
+    ]
+    assert together == backwards[::-1] == alone
+    assert len({tuple(tokens) for tokens, _ in together}) > 1

@@ -9,6 +9,13 @@ Re-taken once, for the layer alignment (issue 16, point 5): the toy's steering v
 directions are read there too. The runs with a steering vector changed (emergence, narrow_kl,
 pretraining_kl, directions); those with LoRAs only did not (efficiency, stability, revert,
 persona_share, and sae_compare, whose vectors sit at its SAE's hook).
+
+Re-taken again for the counter-based sampler noise (issue 17, point 2): every sampled answer
+changed, so the two runs that sample moved: directions (its mean-diff directions come from each
+finetune's sampled answers, so their norms, the cosines between them, and the ablation and
+steering rates measured on sampled answers) and sae_compare (the latents ranked by the
+misaligned-minus-aligned activation difference and by cosine, 6 rows). The runs that score by
+exact candidate-set probabilities did not move.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Batched and left-padded with the KV cache on; each row stops at its own end-of-turn token and
 only the generated tokens are decoded, never the prompt (the authors' batched sampler leaked
-prompt text into answers). Sampling is Gumbel-max with one random stream per (question, sample)
-row, seeded from the config seed and the row's identity, so a row's answer does not depend on
-which other rows share its batch: batched equals solo, sampled or greedy.
+prompt text into answers). Sampling is Gumbel-max with noise counted, on the logits' device, from
+(config seed, question id, sample index, step, vocabulary index) (`mech.evaluation.gumbel`), so a
+row's answer does not depend on which other rows share its batch: batched equals solo, sampled or
+greedy. The forward runs TransformerLens's computation through cheaper calls
+(`mech.models.fast_decode`: sdpa attention where no hook reads the pattern, a KV cache written in
+place), equal to TransformerLens's logits to float round-off and firing the same hooks.
 
 Adapters, steering and ablation act through hooks, so they apply here as they do everywhere:
 
@@ -28,7 +31,6 @@ From the command line, with a trained adapter and a saved direction projected ou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -42,14 +44,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from mech.adapters.artifacts import adapter_location, load_vector
 from mech.adapters.base import Adapter
+from mech.evaluation.gumbel import RowNoise, row_key
 from mech.evaluation.questions import BUNDLED, Question, load_questions, question_set
 from mech.hooks import ablation_hooks, has_hooks, resid_hook, steering_hooks
 from mech.io.atomic import write_jsonl
 from mech.models.chat import collate, pad_token_id, tokenize_prompt
+from mech.models.fast_decode import fast_decoding, next_token_logits
+from mech.models.kv_cache import BufferedKVCache
 from mech.models.load import model_info
 from mech.training.cache import ContentCache, cache_key, model_identity, tensor_digest
 
@@ -80,67 +84,55 @@ def stop_token_ids(model: HookedTransformer) -> list[int]:
     return sorted(ids)
 
 
-def _row_generator(
-    seed: int, question_id: str, sample: int, device: str | torch.device = "cpu"
-) -> torch.Generator:
-    """The random stream of one (question, sample) row, on `device`: a row's answer depends on
-    its key, never on the batch it is drawn in."""
-    digest = hashlib.sha256(f"{seed}\0{question_id}\0{sample}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
-def _noise_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-
-
 def _choose(
-    logits: Float[Tensor, "batch d_vocab"], temperature: float, generators: Sequence[torch.Generator]
+    logits: Float[Tensor, "batch d_vocab"], temperature: float, noise: RowNoise | None, step: int
 ) -> Int[Tensor, " batch"]:
-    if temperature == 0:
+    if temperature == 0 or noise is None:
         return logits.argmax(-1)
-    # Gumbel-max: argmax(logits / T + G) is a sample from softmax(logits / T). The noise is drawn
-    # where the generators are (the model's device), so no logits leave it.
-    device = generators[0].device
-    dtype = _noise_dtype(device)
-    uniform = torch.stack(
-        [torch.rand(logits.shape[-1], generator=g, dtype=dtype, device=device) for g in generators]
-    )
-    floor = 1e-300 if dtype == torch.float64 else torch.finfo(dtype).tiny
-    gumbel = -torch.log(-torch.log(uniform.clamp_min(floor)))
-    return (logits.to(device, dtype) / temperature + gumbel).argmax(-1).to(logits.device)
+    return noise.sample(logits, temperature, step)
 
 
 @torch.no_grad()
 def generate_batch(
     model: HookedTransformer,
     prompts: Sequence[Sequence[int]],
-    generators: Sequence[torch.Generator],
+    keys: Sequence[int],
     *,
     temperature: float,
     max_new_tokens: int,
     stop_ids: Sequence[int],
 ) -> list[tuple[list[int], bool]]:
-    """Generated token ids per prompt (stop token excluded) and whether it stopped by itself."""
+    """Generated token ids per prompt (stop token excluded) and whether it stopped by itself.
+    `keys` (`row_key`) choose each row's Gumbel noise; the tokens stay on the device until the end,
+    the only host round trip a step is the check whether every row has stopped."""
+    if len(keys) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(keys)} row keys")
     batch = collate(prompts, pad_token_id=pad_token_id(model.tokenizer), padding_side="left")
     device = model.cfg.device
     tokens, attention = batch.tokens.to(device), batch.attention_mask.to(device)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(prompts))
-    logits = model(tokens, attention_mask=attention, past_kv_cache=cache)[:, -1]
-    stops = torch.tensor(list(stop_ids), device=device)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    out: list[list[int]] = [[] for _ in prompts]
-    for _ in range(max_new_tokens):
-        chosen = _choose(logits.float(), temperature, generators)
-        for row in (~done).nonzero().flatten().tolist():
-            if int(chosen[row]) not in stop_ids:
-                out[row].append(int(chosen[row]))
-        done |= torch.isin(chosen, stops)
-        if bool(done.all()):
-            break
-        logits = model(chosen[:, None], attention_mask=torch.ones_like(chosen)[:, None], past_kv_cache=cache)[
-            :, -1
-        ]
-    return list(zip(out, done.tolist(), strict=True))
+    cache = BufferedKVCache(model, len(prompts), capacity=tokens.shape[1] + max_new_tokens)
+    with fast_decoding(model):
+        logits = next_token_logits(model, tokens, attention, cache)
+        noise = RowNoise(keys, logits.shape[-1], logits.device) if temperature > 0 else None
+        stops = torch.tensor(list(stop_ids), dtype=torch.long, device=logits.device)
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=logits.device)
+        new_mask = torch.ones(len(prompts), 1, dtype=torch.long, device=device)
+        steps: list[Int[Tensor, " batch"]] = []
+        for step in range(max_new_tokens):
+            chosen = _choose(logits, temperature, noise, step)
+            steps.append(chosen)
+            done |= torch.isin(chosen, stops)
+            if step + 1 == max_new_tokens or bool(done.all()):
+                break
+            logits = next_token_logits(model, chosen[:, None], new_mask, cache)
+    stop_set = set(stop_ids)
+    rows = [_until_stop(row, stop_set) for row in torch.stack(steps, dim=1).tolist()]
+    return list(zip(rows, done.tolist(), strict=True))
+
+
+def _until_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
+    """The tokens before the first stop token (a row's later tokens are drawn but unused)."""
+    return next((tokens[:i] for i, token in enumerate(tokens) if token in stop_ids), tokens)
 
 
 def _read_progress(path: Path, key: str) -> dict[int, list[tuple[int, list[int], bool]]]:
@@ -254,9 +246,9 @@ def _sample(
         if start in done:
             answers.update((i, (tokens, stopped)) for i, tokens, stopped in done[start])
             continue
-        generators = [_row_generator(cfg.seed, rows[i][0].id, rows[i][1], model.cfg.device) for i in chunk]
+        keys = [row_key(cfg.seed, rows[i][0].id, rows[i][1]) for i in chunk]
         results = generate_batch(
-            model, [rows[i][2] for i in chunk], generators,
+            model, [rows[i][2] for i in chunk], keys,
             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop_ids=stop_ids,
         )  # fmt: skip
         answers.update(zip(chunk, results, strict=True))
