@@ -184,3 +184,17 @@ def test_the_norms_of_all_blocks_hold_one_residual_and_none_after(models):
             (slot,) = slots  # one slot for every block's ln1
             assert slot.held is not None and slot.held[0] is model.blocks[-1].ln1.forward
         assert slot.held is None
+
+
+def test_layers_share_rotary_rows_only_where_their_tables_are_equal(models):
+    from mech.models.sdpa import _rotary_groups
+
+    attns = [block.attn for block in models["qwen2"].blocks]
+    assert set(_rotary_groups(attns).values()) == {0}
+    other = attns[1]
+    original = other.rotary_cos.clone()
+    try:
+        other.rotary_cos.mul_(0.5)  # another base would give another table
+        assert _rotary_groups(attns) == {attns[0]: 0, other: 1}
+    finally:
+        other.rotary_cos.copy_(original)

@@ -96,7 +96,9 @@ def sdpa_attention(model: HookedTransformer) -> Iterator[bool]:
         yield False
         return
     patched = [block.attn for block in model.blocks if "forward" not in vars(block.attn)]
-    shared = _Shared(keep_matrices=_matrix_bytes(patched) <= FLAT_MATRIX_BUDGET)
+    shared = _Shared(
+        keep_matrices=_matrix_bytes(patched) <= FLAT_MATRIX_BUDGET, rotary_groups=_rotary_groups(patched)
+    )
     for attn in patched:
         attn.forward = functools.partial(_sdpa_forward, attn, shared)
     try:
@@ -148,8 +150,9 @@ class _Shared:
     matrices (with `keep_matrices`), and, for the forward under way, the rotary rows and the mask
     (every layer gets the same attention mask object and offset)."""
 
-    def __init__(self, keep_matrices: bool) -> None:
+    def __init__(self, keep_matrices: bool, rotary_groups: dict[AbstractAttention, int]) -> None:
         self._keep_matrices = keep_matrices
+        self._rotary_groups = rotary_groups
         self._matrices: dict[AbstractAttention, tuple[tuple[int, ...], tuple[Matrix, Matrix, Matrix]]] = {}
         self._memo: dict[tuple, object] = {}
         self._memo_for: tuple = ()
@@ -196,7 +199,14 @@ class _Shared:
             ("positions",),
             lambda: get_offset_position_ids(offset, attention_mask).to(cos.device),
         )
-        return cos[positions, None, :], sin[positions, None, :]
+        group = self._rotary_groups.get(attn, id(attn))  # layers with equal tables index once
+        return self._memoised(
+            attention_mask,
+            offset,
+            length,
+            ("rows", group, cos.shape[0], cos.dtype),
+            lambda: (cos[positions, None, :], sin[positions, None, :]),
+        )
 
     def mask(
         self,
@@ -220,6 +230,26 @@ class _Shared:
         return self._memoised(
             attention_mask, offset, query_len, ("mask", key_len, window, like.dtype), additive
         )
+
+
+def _rotary_groups(attns: list[AbstractAttention]) -> dict[AbstractAttention, int]:
+    """Each rotary attention's group: the index of the first one whose cos and sin tables equal
+    its own (every layer of a Qwen2 or Llama: their rows are then gathered once a forward)."""
+    groups: dict[AbstractAttention, int] = {}
+    firsts: list[AbstractAttention] = []
+    for attn in attns:
+        if attn.cfg.positional_embedding_type != "rotary":
+            continue
+        same = (
+            i
+            for i, first in enumerate(firsts)
+            if torch.equal(first.rotary_cos, attn.rotary_cos)
+            and torch.equal(first.rotary_sin, attn.rotary_sin)
+        )
+        groups[attn] = next(same, len(firsts))
+        if groups[attn] == len(firsts):
+            firsts.append(attn)
+    return groups
 
 
 def _qkv_weights(attn: AbstractAttention) -> tuple[tuple[Tensor, Tensor], ...]:
