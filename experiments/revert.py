@@ -6,6 +6,8 @@ drift back to the general solution? And the reverse: add the KL term to a genera
 Trajectories (a snapshot every `--every` steps): cosine to the general solution of the same kind
 and seed, norm, KL on the KL set, training loss, and the trait rates (narrow domain, KL domains,
 held-out domains). The paper found training reverts to the general solution once KL is removed.
+The control (`keep_kl`) trains as long with the KL term never removed: what the cosine does in
+the second phase without any change, which the reversion is compared with.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main(cfg: Config) -> Path:
             for direction, schedule in (
                 ("remove_kl", KLSchedule(cfg.kl_weight, toggle_step=cfg.phase_steps, weight_after=0.0)),
                 ("add_kl", KLSchedule(0.0, toggle_step=cfg.phase_steps, weight_after=cfg.kl_weight)),
+                ("keep_kl", KLSchedule(cfg.kl_weight)),  # the control: the same steps, KL never removed
             ):
                 name = f"{kind}_{direction}"
                 folder = run.path / "trajectories" / f"{name}_seed{seed}"

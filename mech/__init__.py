@@ -1,11 +1,11 @@
 """misalign-lens mechanics, one subpackage per stage of the pipeline:
 
-    models -> hooks -> adapters -> training -> evaluation -> directions
+    models -> hooks -> adapters -> training -> evaluation -> directions -> verdicts
 
 `models` (load a HookedTransformer, chat formatting), `hooks` (steer, ablate, cache the residual
 stream), `adapters` (steering vectors, LoRA as hooks, saving), `training` (the finetuning engine),
 `evaluation` (sampling, judges, the paper's rates, loss-landscape probes), `directions` (mean-diff
-directions and their ablation); `io` is the plumbing they share and `toy` the embedded model
+directions and their ablation), `verdicts` (bootstrap intervals, the verdict rule, margins); `io` is the plumbing they share and `toy` the embedded model
 organism. The names below are importable from `mech` itself, on first use. Nothing here prints or
 plots (the finetuning progress bar aside)."""
 

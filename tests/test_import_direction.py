@@ -5,7 +5,7 @@ functions too (only `if TYPE_CHECKING:` blocks are left out: they never run).
 - Packages: experiments -> probes, viz, mech; probes -> mech; viz -> its own modules and
   `mech.io` (it renders what run folders hold, never computes findings); mech -> mech only.
 - Inside mech, stages in dependency order: io < models < hooks < adapters < training <
-  evaluation, directions. A module imports its own stage or an earlier one. The toy organism's
+  evaluation, directions < verdicts. A module imports its own stage or an earlier one. The toy organism's
   world, tokenizer and checkpoint are a model; its judge and evaluation are evaluation.
 - A judge protocol module imports none of its implementations.
 - No cycles among the project's modules.
@@ -45,6 +45,7 @@ STAGES = {
     "mech.toy.judge": 5,
     "mech.toy.evaluate": 5,
     "mech.directions": 5,
+    "mech.verdicts": 6,
 }
 PROTOCOLS = {"mech.evaluation.judges.protocol": ("mech.evaluation.judges", "mech.toy")}
 """A protocol module and the packages its implementations live in."""

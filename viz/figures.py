@@ -116,13 +116,13 @@ def curves(
     return fig
 
 
-SWITCH_LABELS = {"remove_kl": "KL removed", "add_kl": "KL added"}
+SWITCH_LABELS = {"remove_kl": "KL removed", "add_kl": "KL added", "keep_kl": "KL kept (control)"}
 """Adapter-name suffixes of the revert experiment and how the switch is labelled."""
 
 
 def switch_data(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
-    """The rows `switch_trajectories` plots: `metric` on adapters named `<kind>_remove_kl` or
-    `<kind>_add_kl`, with `kind` and `direction` columns (the training step is in `scale`)."""
+    """The rows `switch_trajectories` plots: `metric` on adapters named `<kind>_remove_kl`,
+    `<kind>_add_kl` or `<kind>_keep_kl`, with `kind` and `direction` columns (the training step is in `scale`)."""
     data = frame[frame["metric"] == metric].copy()
     pattern = "^(?P<kind>.+)_(?P<direction>" + "|".join(SWITCH_LABELS) + ")$"
     parts = data["adapter"].str.extract(pattern)
@@ -142,7 +142,7 @@ def switch_trajectories(
     errorbar: Errorbar = ("ci", 95),
 ) -> plt.Figure:  # fmt: skip
     """`metric` against the training step, one panel per KL switch direction (KL removed, KL
-    added), one line per adapter kind, and a dashed vertical line (gid "kl_switch") at the step
+    added, and the control that keeps it), one line per adapter kind, and a dashed vertical line (gid "kl_switch") at the step
     where the KL weight changes."""
     data = switch_data(frame, metric=metric)
     directions = [d for d in SWITCH_LABELS if d in set(data["direction"])]
