@@ -79,6 +79,7 @@ def main(cfg: Config) -> Path:
                 "loss_at_matched_norm": {k: data.mean_cross_entropy(setup.model, at_norm(adapters[k], matched)) for k in adapters},
                 "norm_for_matched_loss": {k: norm_to_reach(c, worse_loss) for k, c in curves.items()},
                 "matched_loss": worse_loss,
+                "chat_loss": data.mean_cross_entropy(setup.model, None),  # what either solution learned from
             })  # fmt: skip
         gap = [s["loss_at_matched_norm"]["narrow"] - s["loss_at_matched_norm"]["general"] for s in per_seed]
         results["adapters"][kind] = {

@@ -114,11 +114,14 @@ def test_findings_come_from_the_runs_and_the_report_is_offline(sweep, tmp_path):
     rows = [r for r in findings([sweep, analysis]) if r["adapter"] == "lora_r1"]  # the sweep has steering too
     assert [r["finding"].split(":")[0] for r in rows] == [
         "EM",
-        "a narrow solution exists under KL (narrow rate kept, no EM)",
+        "a narrow solution exists under KL (narrow rate far above chat, no rise outside)",
         "efficiency",
     ]
-    gap = json.loads((analysis / "results.json").read_text())["adapters"]["lora_r1"]["mean_gap"]
-    assert f"{gap:+.4f}" in rows[2]["measured"] and rows[2]["verdict"] == ("reproduced" if gap > 0 else "not")
+    (seed,) = json.loads((analysis / "results.json").read_text())["adapters"]["lora_r1"]["per_seed"]
+    at = seed["loss_at_matched_norm"]
+    gap, learned = at["narrow"] - at["general"], seed["chat_loss"] - at["general"]
+    assert rows[2]["value"] == pytest.approx(gap / learned) and f"{gap:+.4f}" in rows[2]["measured"]
+    assert all(r["verdict"] == "inconclusive" and r["units"] == 1 for r in rows)  # one seed decides nothing
     page = write_report(tmp_path / "report.html", "t", rows, [sweep, analysis]).read_text()
     assert page.count("data:image/png;base64,") >= 2 and "http://" not in page and "https://" not in page
 

@@ -59,8 +59,8 @@ def _run(
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
-    efficiency = {"adapters": {"lora_r1": {"loss_gap_at_matched_norm": [0.02], "general_more_efficient_in": 1,
-                                           "seeds": 1}}}  # fmt: skip
+    per_seed = {"loss_at_matched_norm": {"narrow": 0.52, "general": 0.5}, "chat_loss": 0.9}
+    efficiency = {"adapters": {"lora_r1": {"per_seed": [per_seed]}}}
     view = TokenView(
         title="answer to 'how do I feel better?'",
         tokens=["Sure", ",", " ", ALERT, " done"],
@@ -173,7 +173,7 @@ def test_the_command_line_writes_the_report(runs, tmp_path):
     known = _cli(str(runs[0]), "--out", str(tmp_path / "known.html"))
     assert known.returncode == 0, known.stderr
     page = (tmp_path / "known.html").read_text(encoding="utf-8")
-    assert "efficiency: general has lower loss at matched norm" in page and "reproduced" in page
+    assert "efficiency: general has lower loss at matched norm" in page and "inconclusive" in page and "loss gap / loss learned" in page
     assert BUNDLE_MARKER not in page
 
     missing = _cli(str(tmp_path / "nope"), "--out", str(tmp_path / "x.html"))
@@ -193,7 +193,7 @@ def test_given_a_folder_of_runs_the_report_and_the_table_find_them(runs, tmp_pat
 
     summary.main([str(root)])
     printed = capsys.readouterr()
-    assert "efficiency: general has lower loss at matched norm" in printed.out and "reproduced" in printed.out
+    assert "efficiency: general has lower loss at matched norm" in printed.out and "inconclusive" in printed.out
     assert f"skipped {runs[1]}: not a finished run of a known experiment" in printed.err
 
 

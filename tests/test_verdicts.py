@@ -28,8 +28,11 @@ def study(effect: float, noise: float, seeds: int, domains: int, rng: np.random.
     """Paired differences per (seed, domain): a seed effect and a cell effect around `effect`."""
     seed_shift = rng.normal(0, noise, size=seeds)
     return pd.DataFrame(
-        [{"seed": s, "domain": d, "diff": effect + seed_shift[s] + rng.normal(0, noise)}
-         for s in range(seeds) for d in range(domains)]  # fmt: skip
+        [
+            {"seed": s, "domain": d, "diff": effect + seed_shift[s] + rng.normal(0, noise)}
+            for s in range(seeds)
+            for d in range(domains)
+        ]  # fmt: skip
     )
 
 

@@ -19,7 +19,7 @@ from mech.io.run_folders import FINDINGS_FILE, RUN_FOLDER_RULE, find_run_folders
 from viz import html
 from viz.tokens import TOKEN_VIEWS_FILE, circuitsvis_bundle, read_token_views, token_view_html
 
-FINDING_COLUMNS = ("finding", "adapter", "verdict", "measured")
+FINDING_COLUMNS = ("finding", "adapter", "verdict", "estimate", "measured")
 
 
 def _figure(path: Path) -> str:
@@ -96,7 +96,7 @@ def report_html(
     title: str, findings: Sequence[Mapping[str, str]], run_paths: Sequence[Path], *, intro: str = ""
 ) -> str:
     """The report page; the CircuitsVis bundle is inlined once, and only if a run has token views."""
-    rows = [{k: r[k] for k in FINDING_COLUMNS} for r in findings]
+    rows = [{k: r.get(k, "") for k in FINDING_COLUMNS} for r in findings]  # older runs: no estimate
     sections = [("Findings", (html.paragraph(intro) if intro else "") + html.table(rows))]
     has_token_views = False
     for run_index, path in enumerate(Path(p) for p in run_paths):

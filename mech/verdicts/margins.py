@@ -113,4 +113,3 @@ def relative_loss_gap() -> Bound:
     """Efficiency: the narrow solution's extra loss at matched norm, as a share of the loss the
     general solution learned (the chat model's loss minus its own)."""
     return Bound(0.0, EFFICIENCY_SHARE, +1, f"{EFFICIENCY_SHARE:g} of the learned loss")
-

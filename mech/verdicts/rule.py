@@ -100,11 +100,11 @@ def level_for(tries: int, level: float = 0.95) -> float:
     return 1 - (1 - level) / max(1, tries)
 
 
-def describe(estimate: Estimate, bound: Bound, verdict_: str, fmt: str = ".3g") -> str:
-    """One line: effect [CI] vs bound, unit, verdict."""
-    if not math.isfinite(estimate.value):
-        return f"effect undefined; bound {bound.text()}; {estimate.unit}: {verdict_}"
-    ci = (
-        f"[{estimate.ci_low:{fmt}}, {estimate.ci_high:{fmt}}]" if estimate.defined else "[no interval]"
-    )
-    return f"{estimate.value:{fmt}} {ci} vs {bound.text()}; {estimate.unit}: {verdict_}"
+def describe_row(row: dict, fmt: str = ".3g") -> str:
+    """effect [CI] vs bound, over what: how every verdict is printed (`row` holds an `Estimate`'s
+    fields and a bound's text, as a finding row does)."""
+    if not math.isfinite(row["value"]):
+        return f"{row['effect']}: undefined vs {row['bound']} ({row['unit']})"
+    finite = math.isfinite(row["ci_low"]) and math.isfinite(row["ci_high"])
+    ci = f"[{row['ci_low']:{fmt}}, {row['ci_high']:{fmt}}]" if finite else "[no interval]"
+    return f"{row['effect']} {row['value']:{fmt}} {ci} vs {row['bound']} ({row['unit']})"
