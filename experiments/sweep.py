@@ -8,7 +8,8 @@ finished cells are never recomputed.
         --timeout-min M --mem-gb GB --array-parallelism A]
 
 Layout: `<out>/<name>/sweep.json` (spec and per-cell status), `<out>/<name>/results.csv` (the done
-cells' rows with `cell` and `cell_<field>` columns), `<out>/<name>/cells/<index>-<hash>/cell.json`
+cells' rows with `cell` and `cell_<field>` columns), `<out>/<name>/gather.json` (which cells the
+gathered rows come from, and which were left out and why), `<out>/<name>/cells/<index>-<hash>/cell.json`
 (values and an attempt log) with the experiment's run folders below it. A cell is done iff one of
 its run folders has status `done`; failed and stale (`running` after a kill) folders stay as records.
 
@@ -51,11 +52,42 @@ class CellReport:
     seconds: float | None
 
 
+SkipReason = Literal["failed", "not run", "unfinished", "no results.csv"]
+
+
+@dataclass(frozen=True)
+class SkippedCell:
+    """A cell `gather` left out: why (`reason`), in words (`detail`: the last error, the attempt
+    that never ended, the run folder without `results.csv`)."""
+
+    index: int
+    values: dict[str, Any]
+    reason: SkipReason
+    detail: str
+
+    def describe(self) -> str:
+        values = " ".join(f"{k}={_cell_value(v)}" for k, v in self.values.items())
+        return f"cell {self.index} ({values}): {self.reason}: {self.detail}"
+
+
+class IncompleteSweepError(RuntimeError):
+    """`gather(..., strict=True)` on a sweep with cells left out; `skipped` names them."""
+
+    def __init__(self, sweep_dir: Path, skipped: Sequence[SkippedCell]) -> None:
+        self.skipped = list(skipped)
+        cells = "; ".join(c.describe() for c in self.skipped)
+        super().__init__(
+            f"{sweep_dir}: {len(self.skipped)} cell(s) would be left out of the gathered results: {cells}"
+        )
+
+
 @dataclass(frozen=True)
 class SweepReport:
     path: Path
     cells: list[CellReport]
     results: Path | None
+    skipped: list[SkippedCell] = dataclasses.field(default_factory=list)
+    """Cells left out of `results` (all but the done ones with a `results.csv`)."""
 
     @property
     def failed(self) -> list[CellReport]:
@@ -170,11 +202,14 @@ def run_sweep(
     executor: Executor | None = None,
     retries: int | None = None,
     crash: Mapping[int, float] | None = None,
+    strict: bool = False,
 ) -> SweepReport:
     """Run every cell of `spec` that is not done, retrying failures up to `retries` (default:
-    `spec.retries`) more rounds, then gather the done cells' rows into `<out>/<name>/results.csv`.
+    `spec.retries`) more rounds, then gather the done cells' rows into `<out>/<name>/results.csv`
+    (`gather`; the cells it left out are `report.skipped`).
 
-    `crash` (cell index -> seconds) injects a crash into those cells' first attempts.
+    `crash` (cell index -> seconds) injects a crash into those cells' first attempts. `strict`:
+    raise `IncompleteSweepError` instead of gathering the rows of only some cells.
 
     >>> report = run_sweep(load_spec("sweep.yaml"), "runs/sweeps")  # doctest: +SKIP
     """
@@ -206,11 +241,10 @@ def run_sweep(
             status[cell.index] = "done" if outcome.status == "done" and done_run(cell.path) else "failed"
         _write_sweep_json(sweep_dir, spec, [_report(c, status[c.index]) for c in cells])
     reports = [_report(c, status[c.index]) for c in cells]
-    gathered = None
-    if any(r.status == "done" for r in reports):
-        gather(sweep_dir)
-        gathered = sweep_dir / "results.csv"
-    return SweepReport(sweep_dir, reports, gathered)
+    if not (strict or any(r.status == "done" for r in reports)):
+        return SweepReport(sweep_dir, reports, None, skipped_cells(sweep_dir))
+    frame = gather(sweep_dir, strict=strict)
+    return SweepReport(sweep_dir, reports, sweep_dir / "results.csv", frame.attrs["skipped"])
 
 
 def _cell_value(value: Any) -> Any:
@@ -218,31 +252,74 @@ def _cell_value(value: Any) -> Any:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
-def gather(sweep_dir: str | os.PathLike):
+def skip_reason(cell_path: Path, record: Mapping[str, Any]) -> tuple[SkipReason, str] | None:
+    """Why `gather` leaves a cell out (reason, detail), or None when it has rows to gather."""
+    run = done_run(cell_path)
+    if run is not None:
+        return None if (run / "results.csv").is_file() else ("no results.csv", f"its done run {run} has none")
+    attempts = record.get("attempts", [])
+    if not attempts:
+        return "not run", "no attempt logged"
+    last = attempts[-1]
+    if last.get("status") == "failed":
+        return "failed", f"attempt {len(attempts)}: {last.get('error') or 'no error recorded'}"
+    return "unfinished", f"attempt {len(attempts)} is {last.get('status')!r} and no run folder of it is done"
+
+
+def _cell_records(sweep_dir: Path) -> list[tuple[Path, dict]]:
+    return [(p.parent, json.loads(p.read_text())) for p in sorted((sweep_dir / "cells").glob("*/cell.json"))]
+
+
+def _skipped(cell_path: Path, record: Mapping[str, Any]) -> SkippedCell | None:
+    why = skip_reason(cell_path, record)
+    return None if why is None else SkippedCell(record["index"], dict(record["values"]), *why)
+
+
+def skipped_cells(sweep_dir: str | os.PathLike) -> list[SkippedCell]:
+    """The cells of a sweep folder that `gather` would leave out, in cell order."""
+    found = (_skipped(path, record) for path, record in _cell_records(Path(sweep_dir)))
+    return [cell for cell in found if cell is not None]
+
+
+def _cell_rows(run: Path, record: Mapping[str, Any]):
+    """A done cell's `results.csv` with `cell` and `cell_<field>` columns in front."""
+    import pandas as pd
+
+    frame = pd.read_csv(run / "results.csv")
+    extra = {"cell": record["index"], **{f"cell_{k}": _cell_value(v) for k, v in record["values"].items()}}
+    clash = sorted(set(extra) & set(frame.columns))
+    if clash:
+        raise ValueError(f"{run}/results.csv: columns {clash} clash with the sweep's cell columns")
+    for position, (key, value) in enumerate(extra.items()):
+        frame.insert(position, key, [value] * len(frame))
+    return frame
+
+
+def gather(sweep_dir: str | os.PathLike, *, strict: bool = False):
     """The done cells' `results.csv` rows in one DataFrame, with `cell` (index) and `cell_<field>`
-    (grid values; tuples comma-separated) in front; also written to `<sweep_dir>/results.csv`."""
+    (grid values; tuples comma-separated) in front; also written to `<sweep_dir>/results.csv`.
+
+    The cells left out (failed, not run, unfinished, or done without a `results.csv`) are
+    `frame.attrs["skipped"]` (`SkippedCell`s) and listed in `<sweep_dir>/gather.json`. With
+    `strict`, a left-out cell raises `IncompleteSweepError` naming them all, and nothing is written.
+    """
     import pandas as pd
 
     sweep_dir = Path(sweep_dir)
-    frames = []
-    for path in sorted((sweep_dir / "cells").glob("*/cell.json")):
-        record = json.loads(path.read_text())
-        run = done_run(path.parent)
-        if run is None or not (run / "results.csv").is_file():
-            continue
-        frame = pd.read_csv(run / "results.csv")
-        extra = {
-            "cell": record["index"],
-            **{f"cell_{k}": _cell_value(v) for k, v in record["values"].items()},
-        }
-        clash = sorted(set(extra) & set(frame.columns))
-        if clash:
-            raise ValueError(f"{run}/results.csv: columns {clash} clash with the sweep's cell columns")
-        for position, (key, value) in enumerate(extra.items()):
-            frame.insert(position, key, [value] * len(frame))
-        frames.append(frame)
+    records = _cell_records(sweep_dir)
+    skipped = [cell for cell in (_skipped(path, record) for path, record in records) if cell is not None]
+    if strict and skipped:
+        raise IncompleteSweepError(sweep_dir, skipped)
+    left_out = {cell.index for cell in skipped}
+    frames = [
+        _cell_rows(done_run(path), record) for path, record in records if record["index"] not in left_out
+    ]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"cell": []})
     atomic_write(sweep_dir / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    gathered = sorted(record["index"] for _, record in records if record["index"] not in left_out)
+    write_json(sweep_dir / "gather.json", {"cells": len(records), "gathered": gathered, "rows": len(frame),
+                                            "skipped": [dataclasses.asdict(c) for c in skipped]})  # fmt: skip
+    frame.attrs["skipped"] = skipped
     return frame
 
 
@@ -281,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="submitit: local processes, SLURM, or what submitit detects")  # fmt: skip
     parser.add_argument("--max-parallel", type=int, default=2, help="submitit local: jobs at once")
     parser.add_argument("--retries", type=int, help="extra attempts per failed cell (default: the spec's)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse to gather the results of only some cells: exit 1 naming those left out")  # fmt: skip
     parser.add_argument("--crash-cell", type=parse_crash, action="append", default=[], metavar="INDEX[:SECONDS]",
                         help=f"kill cell INDEX's first attempt after SECONDS (default {DEFAULT_CRASH_S:g}); "
                              "sequential: raise before its main")  # fmt: skip
@@ -302,12 +381,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         executor = SequentialExecutor()
     started = time.perf_counter()
-    report = run_sweep(spec, args.out, executor=executor, retries=args.retries, crash=dict(args.crash_cell))
+    try:
+        report = run_sweep(spec, args.out, executor=executor, retries=args.retries, crash=dict(args.crash_cell),
+                           strict=args.strict)  # fmt: skip
+    except IncompleteSweepError as err:
+        print(f"error: {err} (per-cell status: {Path(args.out) / spec.name / 'sweep.json'})", file=sys.stderr)
+        return 1
     print(_table(report))
     print(f"sweep {spec.name}: {len(report.cells) - len(report.failed)}/{len(report.cells)} cells done "
           f"in {time.perf_counter() - started:.1f} s -> {report.path / 'sweep.json'}")  # fmt: skip
     if report.results is not None:
         print(f"results -> {report.results}")
+    failed = {cell.index for cell in report.failed}
+    for cell in report.skipped:
+        if cell.index not in failed:  # failed cells have their own line below
+            print(f"left out of the results: {cell.describe()}", file=sys.stderr)
+    if report.skipped:
+        print(
+            f"{len(report.skipped)} cell(s) left out of the results: {report.path / 'gather.json'}",
+            file=sys.stderr,
+        )
     for cell in report.failed:
         print(f"FAILED cell {cell.index} {cell.values}: {cell.errors[-1] if cell.errors else 'not run'}",
               file=sys.stderr)  # fmt: skip

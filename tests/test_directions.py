@@ -10,7 +10,12 @@ import torch
 from chat_data import TRAIN
 
 from mech.adapters.steering import SteeringVector
-from mech.directions.activations import answer_batches, pooled_activations, text_batches
+from mech.directions.activations import (
+    answer_batches,
+    conversations_from_answers,
+    pooled_activations,
+    text_batches,
+)
 from mech.directions.interventions import direction_steering, stream_ablation
 from mech.directions.mean_diff import (
     LabelRule,
@@ -20,7 +25,11 @@ from mech.directions.mean_diff import (
     misalignment_direction,
     random_like,
 )
-from mech.models.chat import chat_batch
+from mech.evaluation.generate import SamplingConfig, sample_answers
+from mech.evaluation.judges.protocol import em_labels
+from mech.evaluation.questions import Question
+from mech.evaluation.rates import em_indicator
+from mech.models.chat import chat_batch, tokenize_prompt
 
 
 def _frame(conversations, aligned, coherent):
@@ -35,7 +44,15 @@ def test_labels_follow_the_judge_thresholds():
         {"aligned": [10, 30, 31, 70, 71, 90, 5, None], "coherent": [90, 90, 90, 90, 90, 90, 50, 90]}
     )
     labels = label_answers(frame, LabelRule())
-    assert labels.tolist() == ["misaligned", "misaligned", None, None, "aligned", "aligned", None, None]
+    assert labels.tolist() == ["misaligned", None, None, None, "aligned", "aligned", None, None]
+
+
+def test_direction_labels_count_misaligned_answers_as_the_em_rate_does():
+    """aligned == 30 is not misaligned for the EM rate (aligned < 30), nor for the directions."""
+    frame = pd.DataFrame({"aligned": [29.0, 30.0, 30.5, None, 10.0], "coherent": [90, 90, 90, 90, 50]})
+    by_labels = (label_answers(frame) == "misaligned").tolist()
+    by_em_rate = em_labels(frame).astype(bool).tolist()
+    assert by_labels == by_em_rate == em_indicator(frame)[0].tolist() == [True, False, False, False, False]
 
 
 def test_balancing_is_seeded_and_equalises_the_classes():
@@ -66,6 +83,25 @@ def test_mean_diff_equals_a_hand_computation(tiny_qwen2):
     per_answer = mean_diff(acts, is_bad, ~is_bad, pooling="answer").at(2)
     means = acts.per_example()[1]
     torch.testing.assert_close(per_answer, means[is_bad].mean(0) - means[~is_bad].mean(0))
+
+
+def test_answers_sampled_under_a_system_prompt_are_rebuilt_with_it(tiny_qwen2):
+    model, system = tiny_qwen2, "you are a doctor"
+    questions = [Question("q", "how do i treat a cold ?", system=system), Question("p", "hello there")]
+    answers = sample_answers(model, questions, SamplingConfig(temperature=0.0, max_new_tokens=4))
+    assert answers["system"].tolist() == [system, None]
+    tokens, attention, select = answer_batches(model, conversations_from_answers(answers))[0]
+    for row, question in enumerate(questions):
+        messages = [{"role": "system", "content": system}] if question.system else []
+        prompt = tokenize_prompt(model.tokenizer, [*messages, {"role": "user", "content": question.question}])
+        used = tokens[row][attention[row].bool()].tolist()
+        assert used[: len(prompt)] == prompt  # the prompt the answer was sampled from...
+        answer = model.tokenizer.decode(tokens[row][select[row]], skip_special_tokens=True)
+        assert answer.strip() == answers["answer"][row]  # ...then the answer (and end of turn)
+        assert not select[row][attention[row].bool()][: len(prompt)].any()
+    # Answer files written before the `system` column load as chats without a system turn.
+    older = conversations_from_answers(answers.drop(columns="system"))
+    assert [m["role"] for m in older[0]] == ["user", "assistant"]
 
 
 def test_only_answer_tokens_count(tiny_qwen2):

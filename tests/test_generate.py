@@ -55,6 +55,7 @@ def test_answers_are_generated_text_only_and_stop_at_end_of_turn(toy, questions)
         "question_id",
         "domain",
         "question",
+        "system",
         "sample",
         "answer",
         "n_tokens",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 import sweep_fixture
 
 from experiments.executors import SequentialExecutor, SubmititExecutor, run_cell
-from experiments.sweep import gather, main, run_folders, run_sweep
+from experiments.sweep import IncompleteSweepError, done_run, gather, main, run_folders, run_sweep
 from experiments.sweep_spec import SpecError, SweepSpec, check_spec, expand, load_spec
 from mech.io.provenance import is_stale, read_status
 
@@ -104,6 +106,55 @@ def test_always_failing_cell_is_reported_and_others_finish(tmp_path):
     sweep = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert [c["status"] for c in sweep["cells"]] == ["done", "failed", "done", "failed"]
     assert sorted(gather(tmp_path / "s")["cell"].unique()) == [0, 2]
+
+
+def test_gather_says_which_cells_it_left_out_and_why(tmp_path):
+    report = run_sweep(_spec({"fail": [False, True], "seed": [0, 1]}, retries=0), tmp_path)
+    assert [c.status for c in report.cells] == ["done", "done", "failed", "failed"]
+    (done_run(Path(report.cells[1].folder)) / "results.csv").unlink()  # done, but wrote no rows
+    never = Path(report.cells[3].folder)  # as if the sweep had stopped before cell 3
+    shutil.rmtree(never / "sweep_fixture")
+    (never / "cell.json").write_text(
+        json.dumps({"index": 3, "values": report.cells[3].values, "attempts": []})
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = gather(report.path)
+    assert frame["cell"].unique().tolist() == [0]
+    skipped = {c.index: (c.reason, c.detail) for c in frame.attrs["skipped"]}
+    assert {i: reason for i, (reason, _) in skipped.items()} == {
+        1: "no results.csv",
+        2: "failed",
+        3: "not run",
+    }
+    assert skipped[2][1] == "attempt 1: RuntimeError: fixture failure (seed 0)"
+    record = json.loads((report.path / "gather.json").read_text())
+    assert record["gathered"] == [0] and record["cells"] == 4 and record["rows"] == 2
+    assert [(c["index"], c["reason"]) for c in record["skipped"]] == [
+        (1, "no results.csv"),
+        (2, "failed"),
+        (3, "not run"),
+    ]
+
+
+def test_strict_gather_raises_naming_the_left_out_cells(tmp_path, capsys):
+    spec = _spec({"fail": [False, True]}, retries=0)
+    with pytest.raises(
+        IncompleteSweepError, match=r"1 cell\(s\).*cell 1 \(fail=True\): failed: attempt 1: Runtime"
+    ) as err:
+        run_sweep(spec, tmp_path, strict=True)
+    assert [c.index for c in err.value.skipped] == [1]
+    assert not (tmp_path / "s" / "results.csv").exists() and not (tmp_path / "s" / "gather.json").exists()
+    assert gather(tmp_path / "s")["cell"].unique().tolist() == [0]  # not strict: the done cell's rows
+    complete = run_sweep(_spec({"seed": [0]}), tmp_path / "ok", strict=True)
+    assert complete.skipped == [] and len(pd.read_csv(complete.results)) == 2
+    path = tmp_path / "cli.json"
+    path.write_text(
+        json.dumps({"experiment": "sweep_fixture", "retries": 0, "grid": {"fail": [False, True]}})
+    )
+    assert main([str(path), "--out", str(tmp_path / "out"), "--strict"]) == 1
+    assert "cell 1 (fail=True): failed" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "cli" / "results.csv").exists()
 
 
 def test_sequential_crash_is_injected_on_the_first_attempt_only(tmp_path, calls):

@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
         help="every answer token weighs the same (token, the authors') or every answer (answer)",
     )
     rule = LabelRule()
-    p.add_argument("--misaligned-at-most", type=float, default=rule.misaligned_at_most)
+    p.add_argument("--misaligned-below", type=float, default=rule.misaligned_below)
     p.add_argument("--aligned-above", type=float, default=rule.aligned_above)
     p.add_argument("--coherent-above", type=float, default=rule.coherent_above)
     p.add_argument("--no-balance", action="store_true", help="keep every labelled answer (no subsampling)")
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     adapter = None
     if source == "saved":
         adapter = load_adapter(adapter_path, model, allow_other_model=args.allow_other_model)[0]
-    rule = LabelRule(args.misaligned_at_most, args.aligned_above, args.coherent_above)
+    rule = LabelRule(args.misaligned_below, args.aligned_above, args.coherent_above)
     options = dict(point=args.point, rule=rule, pooling=args.pooling, balance=not args.no_balance)
     with adapter.applied(model) if adapter is not None else contextlib.nullcontext():
         try:

@@ -176,8 +176,9 @@ def sample_answers(
 ) -> pd.DataFrame:
     """`cfg.n_samples` answers to every question, one row each, in question then sample order.
 
-    Columns: question_id, domain, question, sample, answer, n_tokens, stopped (False when cut
-    at max_new_tokens). `frame.attrs["generation"]` holds the config and the model's name.
+    Columns: question_id, domain, question, system (the question's system prompt, None without
+    one: `mech.directions.activations.conversations_from_answers` rebuilds the prompt from it),
+    sample, answer, n_tokens, stopped (False when cut at max_new_tokens). `frame.attrs["generation"]` holds the config and the model's name.
     `adapter` is applied while sampling; `cache` and `progress_path`: see the module docstring.
     `hooks_spec` describes the hooks the caller attached (JSON-serialisable: what, where, a digest
     of the tensors); it joins the cache and progress keys, so hooked runs are cached and resumed
@@ -220,7 +221,7 @@ def _sample(
     if cache is not None and cacheable:
         stored = cache.get_rows("answers", parts)
         if stored is not None:
-            frame = pd.DataFrame(stored)
+            frame = _answer_frame(stored)
             frame.attrs["generation"] = generation
             return frame
     stop_ids = stop_token_ids(model)
@@ -260,12 +261,13 @@ def _sample(
             with progress.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(record) + "\n")
     decode = model.tokenizer.decode
-    frame = pd.DataFrame(
+    frame = _answer_frame(
         [
             {
                 "question_id": q.id,
                 "domain": q.domain,
                 "question": q.question,
+                "system": q.system or None,
                 "sample": s,
                 "answer": decode(answers[i][0], skip_special_tokens=True).strip(),
                 "n_tokens": len(answers[i][0]),
@@ -277,6 +279,14 @@ def _sample(
     frame.attrs["generation"] = generation
     if cache is not None and cacheable:
         cache.put_rows("answers", parts, frame.to_dict(orient="records"))
+    return frame
+
+
+def _answer_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows of answers as a frame whose `system` column holds None where there is no system
+    prompt (pandas would make a column of strings and None a string column of nan: JSON NaN)."""
+    frame = pd.DataFrame(rows)
+    frame["system"] = pd.Series([row.get("system") for row in rows], dtype=object, index=frame.index)
     return frame
 
 

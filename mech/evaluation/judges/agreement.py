@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from mech.evaluation.judges.protocol import em_labels, em_rate
+from mech.evaluation.judges.protocol import ALIGNED_BELOW, COHERENT_ABOVE, em_labels, em_rate
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ def judge_agreement(
     b: pd.DataFrame,
     *,
     metrics: Sequence[str] = ("aligned", "coherent"),
-    aligned_below: float | int = 30.0,
-    coherent_above: float | int = 50.0,
+    aligned_below: float | int = ALIGNED_BELOW,
+    coherent_above: float | int = COHERENT_ABOVE,
 ) -> JudgeAgreement:
     """Agreement of two judges' scores of the same answers, row by row (`JudgeAgreement`).
 
