@@ -44,7 +44,7 @@ def judged(
     """One finding row: the estimate, its bound and the verdict the rule gives (or `verdict_`,
     for findings made of several conditions)."""
     row = {"finding": finding, "adapter": adapter, "effect": effect, **estimate.as_dict(), "bound": bound.text(),
-           "verdict": verdict_ or verdict(estimate, bound), "measured": measured, "source": source}  # fmt: skip
+           "null": bound.null, "bound_value": bound.bound, "verdict": verdict_ or verdict(estimate, bound), "measured": measured, "source": source}  # fmt: skip
     return {**row, "estimate": describe_row(row)}
 
 

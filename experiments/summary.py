@@ -7,6 +7,7 @@ experiment writes its rows to `findings.json` in its run folder when it finishes
 
     python -m experiments.summary runs/science/narrow_kl/<run> runs/science/efficiency/<run> ... [--report out.html]
     python -m experiments.summary runs/demo            # every run folder inside
+    python -m experiments.summary results --readme README.md   # the README's result tables
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 
 from experiments.findings import READERS, read_tidy
+from experiments.results_tables import markdown, replace_block
 from mech.io.atomic import write_json
 from mech.io.run_folders import FINDINGS_FILE, RESULTS_FILE, RUN_FOLDER_RULE, find_run_folders
 from viz.report import write_report
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("runs", nargs="+", help="run folders, or folders holding them (e.g. an --out root)")
     parser.add_argument("--report", help="also write the offline HTML report here")
+    parser.add_argument("--markdown", action="store_true", help="print the README's result tables instead")
+    parser.add_argument("--readme", help="rewrite the result tables of this README (between its markers)")
     args = parser.parse_args(argv)
     try:
         paths, others = known_runs(args.runs)
@@ -83,7 +87,17 @@ def main(argv: list[str] | None = None) -> None:
     for path in others:
         print(f"skipped {path}: not a finished run of a known experiment", file=sys.stderr)
     rows = findings(paths)
-    print_table(rows)
+    if args.markdown:
+        print(markdown(rows), end="")
+    else:
+        print_table(rows)
+    if args.readme:
+        readme = Path(args.readme)
+        try:
+            readme.write_text(replace_block(readme.read_text(), markdown(rows)))
+        except ValueError as err:
+            parser.error(f"{readme}: {err}")
+        print(f"result tables: {readme}", file=sys.stderr)
     if args.report:
         print(f"report: {write_report(args.report, 'misalign-lens: toy organism study', rows, paths)}")
 

@@ -146,3 +146,21 @@ def test_curves_can_colour_by_solution_with_a_legend():
     labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
     assert {"general", "narrow", "random"} <= labels
     assert figures.curve_data(frame, metric="text_kl")["solution"].tolist() == frame["solution"].tolist()
+
+
+def test_the_forest_plot_draws_each_effect_its_interval_bound_and_verdict_colour():
+    rows = [
+        {"finding": "efficiency", "adapter": a, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "null": 0.0,
+         "bound_value": 0.05, "verdict": verdict}
+        for a, v, verdict in (("steering", 0.3, "reproduced"), ("lora_r1", 0.0, "not reproduced"))
+    ] + [{"finding": "stability", "adapter": "lora_r1", "value": 2.0, "ci_low": float("nan"), "ci_high": float("nan"),
+          "null": 1.0, "bound_value": 1.25, "verdict": "inconclusive"},
+         {"finding": "old run", "adapter": "x", "verdict": "reproduced"}]  # fmt: skip
+    fig = figures.forest(rows)
+    efficiency, stability = fig.axes
+    marks = lambda ax, gid: [line for line in ax.get_lines() if line.get_gid() == gid]  # noqa: E731
+    assert [tuple(m.get_xdata()) for m in marks(efficiency, "effect")] == [(0.3,), (0.0,)]
+    assert [m.get_color() for m in marks(efficiency, "effect")] == ["#2a9d4b", "#c0392b"]
+    assert [tuple(m.get_xdata()) for m in marks(efficiency, "bound")] == [(0.05, 0.05)]
+    assert marks(stability, "interval") == [] and tuple(marks(stability, "null")[0].get_xdata()) == (1.0, 1.0)
+    assert len(figures.forest_data(rows)) == 3  # the row without a bound is left out

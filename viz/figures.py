@@ -222,3 +222,45 @@ def save(fig: plt.Figure, path: Path, *, format: str | None = None) -> None:
     """Write `fig` to `path` and close it (figures hold memory until closed)."""
     fig.savefig(path, dpi=110, format=format)
     plt.close(fig)
+
+
+VERDICT_COLOURS = {"reproduced": "#2a9d4b", "not reproduced": "#c0392b", "inconclusive": "#8a8a8a"}
+
+
+def forest_data(rows) -> pd.DataFrame:
+    """The finding rows a forest plot draws: finding, adapter, effect and its interval, null,
+    bound and verdict (rows without a numeric bound, e.g. from older runs, are left out)."""
+    columns = ["finding", "adapter", "value", "ci_low", "ci_high", "null", "bound_value", "verdict"]
+    frame = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows if r.get("bound_value") is not None])
+    return frame.reindex(columns=columns)
+
+
+def forest(rows, *, title: str = "every finding: effect, 95% interval, bound") -> plt.Figure:
+    """One panel per finding (each on its own scale), one line per adapter kind: the effect with
+    its 95% interval, coloured by verdict; the null as a grey line, the bound as a dashed one."""
+    data = forest_data(rows)
+    findings = list(dict.fromkeys(data["finding"]))
+    fig, axes = plt.subplots(
+        max(len(findings), 1), 1, figsize=(8, 0.5 + 0.9 * max(len(findings), 1)), squeeze=False
+    )
+    for ax, finding in zip(axes[:, 0], findings, strict=False):
+        part = data[data["finding"] == finding].reset_index(drop=True)
+        for y, r in part.iterrows():
+            colour = VERDICT_COLOURS.get(r["verdict"], "black")
+            if pd.notna(r["ci_low"]) and pd.notna(r["ci_high"]):
+                ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=colour, linewidth=2, gid="interval")
+            if pd.notna(r["value"]):
+                ax.plot([r["value"]], [y], "o", color=colour, gid="effect")
+        ax.axvline(part["null"].iloc[0], color="grey", linewidth=1, gid="null")
+        ax.axvline(part["bound_value"].iloc[0], color="black", linestyle="--", linewidth=1, gid="bound")
+        ax.set_yticks(range(len(part)), part["adapter"], fontsize=7)
+        ax.set_ylim(-0.7, len(part) - 0.3)
+        ax.set_title(finding if len(finding) < 90 else finding[:87] + "...", fontsize=8, loc="left")
+        ax.tick_params(axis="x", labelsize=7)
+    handles = [
+        plt.Line2D([], [], color=c, marker="o", linewidth=2, label=v) for v, c in VERDICT_COLOURS.items()
+    ]
+    fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=3)
+    fig.suptitle(title, fontsize=9, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig

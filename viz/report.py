@@ -23,8 +23,12 @@ FINDING_COLUMNS = ("finding", "adapter", "verdict", "estimate", "measured")
 
 
 def _figure(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    name = html.escape_text(path.stem)
+    return _image(path.read_bytes(), path.stem)
+
+
+def _image(png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode()
+    name = html.escape_text(caption)
     return (
         f"<figure><img alt='{name}' style='max-width:100%' src='data:image/png;base64,{data}'>"
         f"<figcaption>{name}</figcaption></figure>"
@@ -92,12 +96,29 @@ def _token_views(path: Path, run_index: int) -> str:
     return f"<h3>Token views</h3>{blocks}"
 
 
+def _forest(findings: Sequence[Mapping]) -> str:
+    """The findings at a glance: every effect with its interval and bound, verdicts as colour."""
+    import io
+
+    from viz.figures import forest, forest_data, save
+
+    if forest_data(findings).empty:
+        return ""
+    buffer = io.BytesIO()
+    save(forest(findings), buffer, format="png")
+    return _image(buffer.getvalue(), "every finding: effect, 95% interval, bound (dashed), null (grey)")
+
+
 def report_html(
     title: str, findings: Sequence[Mapping[str, str]], run_paths: Sequence[Path], *, intro: str = ""
 ) -> str:
     """The report page; the CircuitsVis bundle is inlined once, and only if a run has token views."""
     rows = [{k: r.get(k, "") for k in FINDING_COLUMNS} for r in findings]  # older runs: no estimate
-    sections = [("Findings", (html.paragraph(intro) if intro else "") + html.table(rows))]
+    overview = _forest(findings) + "".join(
+        _figure(p) for p in run_paths if Path(p).parent.name == "directions"
+        for p in [Path(p) / "figures" / "ablation_matrix.png"] if p.is_file()
+    )  # fmt: skip
+    sections = [("Findings", overview + (html.paragraph(intro) if intro else "") + html.table(rows))]
     has_token_views = False
     for run_index, path in enumerate(Path(p) for p in run_paths):
         figures = "".join(_figure(p) for p in sorted((path / "figures").glob("*.png")))
