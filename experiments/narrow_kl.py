@@ -4,9 +4,11 @@ per adapter kind; does a narrow solution exist, and how far is it from the gener
     python -m experiments.narrow_kl [--quick] [--adapters lora_r1,lora_r8] [--kl-weights 0,0.1,1,10]
         [--seeds 0,1,2] [--l2-weight 1e-3] [--narrow-domain medical] [--trait misalignment|technical]
 
-A solution counts as narrow when its held-out narrow-domain rate is at least 0.8x the general
-(KL = 0) solution's and both the KL domains' held-out topics and the domains outside the KL set
-stay within 0.02 of the chat model. Norm control (`--l2-weight`, default 1e-3 on the update's
+Per seed, a solution is flagged narrow (`narrow_solution` in results.json, which picks the
+footnote's solution) when its held-out narrow-domain rate is at least 0.8x the general (KL = 0)
+solution's and the other domains stay within 0.02 of the chat model. The finding's verdict is
+not that flag: `experiments.findings` judges it over all seeds against the chat model, with
+intervals and pre-set bounds (`mech.verdicts`). Norm control (`--l2-weight`, default 1e-3 on the update's
 squared norm) is applied alike to every run: the round-2 notes found that without it an
 unregularised LoRA drifts in directions the loss ignores. The paper's footnote is checked too:
 the most weakly regularised narrow-looking solution, scaled up by `--footnote-scale`.
