@@ -163,9 +163,10 @@ def _sae(results: dict, source: str) -> list[dict]:
         return [{"finding": "(SAE) latents nearest the general and narrow directions", "adapter": "all",
                  "measured": f"nearest latents by cosine: {nearest}", "verdict": "n/a", "source": source}]  # fmt: skip
     return [{"finding": f"(SAE) a single latent tracks the toy persona (AUROC >= {PERSONA_AUROC})", "adapter": "all",
-             "measured": f"latent {persona['best_latent']}: AUROC {persona['best_latent_auroc']:.3f} (probe on the residual "
+             "measured": f"latent {persona['best_latent']}: held-out AUROC {persona['best_latent_heldout_auroc']:.3f} "
+                         f"(selection split {persona['best_latent_selection_auroc']:.3f}; probe on the residual "
                          f"{persona['probe_auroc']:.3f}); nearest latents by cosine: {nearest}",
-             "verdict": "reproduced" if persona["best_latent_auroc"] >= PERSONA_AUROC else "not", "source": source}]  # fmt: skip
+             "verdict": "reproduced" if persona["best_latent_heldout_auroc"] >= PERSONA_AUROC else "not", "source": source}]  # fmt: skip
 
 
 READERS = {"emergence": _emergence, "narrow_kl": _narrow, "efficiency": _efficiency, "stability": _stability,
