@@ -7,12 +7,17 @@
    at every layer's `hook_resid_post` (where the setting's steering vectors act; misaligned minus
    aligned, balanced, token-pooled), run through that finetune; `--direction-layer` (default: the
    setting's layer, where the adapters act) is the one used below.
-3. Steering the chat model with `alpha * d` (alpha = scale x the direction's norm; random
-   directions of equal norm as control): EM rate per scale.
-4. The cross-finetune matrix: each direction (and a random one of equal norm) ablated from the
+3. Steering the chat model with `alpha * d` (alpha = scale x the direction's norm): EM rate per
+   scale. Controls: `--random-draws` random directions per direction, each of exactly its norm and
+   with its own seed, derived from the direction's name (`mech.directions.mean_diff.control_seed`:
+   sha256 of "seed:draw:name"); results keep every draw ("random:NAME#k") and their mean
+   ("random:NAME"), and `random_controls` their seeds and norms.
+4. The cross-finetune matrix: each direction (and the same random controls) ablated from the
    whole residual stream of each finetune: EM rate left, against the un-ablated finetune.
-5. Probes: logistic and mean-diff probes for misaligned answers per finetune (held-out AUROC,
-   transfer between finetunes), and a persona probe on pre-training documents (malicious vs benign).
+5. Probes: logistic and mean-diff probes for misaligned answers per finetune (fit on 70 % of its
+   answers, AUROC on the other 30 %), transfer between finetunes (a probe on its own finetune's
+   held-out answers, on another finetune's on all of that one's answers; `transfer_split` says which
+   per entry), and a persona probe on pre-training documents (malicious vs benign), held out alike.
 6. Geometry: cosines among the steering vectors (general, narrow), mean-diff, probe and persona
    directions; PCA of steering-vector checkpoints trained with KL 0 / 1 / 10 (training lens).
 
@@ -38,14 +43,26 @@ from experiments.setting import make_setting
 from experiments.study_config import SettingConfig, parse_config
 from mech.adapters.saving import load_adapter, save_adapter
 from mech.directions.activations import conversations_from_answers, pooled_activations, text_batches
-from mech.directions.interventions import ablation_matrix, direction_steering, stream_ablation
-from mech.directions.mean_diff import label_answers, mean_diff, misalignment_direction, random_like
+from mech.directions.interventions import (
+    ablation_matrix,
+    direction_steering,
+    mean_over_draws,
+    stream_ablation,
+    with_random_controls,
+)
+from mech.directions.mean_diff import (
+    control_label,
+    control_seed,
+    label_answers,
+    mean_diff,
+    misalignment_direction,
+)
 from mech.directions.token_scores import chat_tokens, token_logprobs, token_projection, token_strings
 from mech.evaluation.generate import sample_answers
 from mech.evaluation.judges.protocol import em_rate
 from mech.training.engine import finetune
 from probes.geometry import cosine_matrix, trajectory_pca
-from probes.linear import LogisticProbe, MeanDiffProbe, evaluate, split
+from probes.linear import LogisticProbe, MeanDiffProbe, evaluate, split, transfer_auroc
 from viz.figures import heatmap, sweep_plot, trajectory_plot
 from viz.tokens import TOKEN_VIEWS_FILE, TokenView, write_token_views
 
@@ -66,6 +83,9 @@ class Config(SettingConfig):
     """Sampled answers per question for the mean-diff directions and probes (and, on a real model,
     for every rate; the toy's rates take one per question)."""
     steer_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    random_draws: int = 3
+    """Random controls per direction (each of its norm, seeded from its name) for steering and
+    ablation; every draw's result is kept, so the control's spread can be put an interval on."""
     lens_kl_weights: tuple[float, ...] = (0.0, 1.0, 10.0)
     lens_every: int = 10
     persona_documents: int = 400
@@ -119,6 +139,24 @@ def token_views(
         note = f"projections on the unit mean-diff direction at blocks.{layer}.hook_resid_{point}"
         views.append(TokenView(f"{name}: a {label} answer", token_strings(model, ids), values, note))
     write_token_views(path, views)
+
+
+def random_control_record(directions: dict, *, seed: int, draws: int) -> dict:
+    """What results.json says of the random controls: how they are seeded, and per direction its
+    norm and each draw's seed and norm (equal to the direction's, by construction)."""
+    controls = with_random_controls(directions, seed=seed, draws=draws)
+    return {
+        "draws": draws,
+        "seed_rule": "draw k of direction NAME: first 6 bytes of sha256('SEED:k:NAME'), SEED the run's --seed",
+        "directions": {
+            name: {
+                "norm": float(direction.norm()),
+                "seeds": [control_seed(name, seed=seed, draw=k) for k in range(draws)],
+                "norms": [float(controls[control_label(name, k)].norm()) for k in range(draws)],
+            }
+            for name, direction in directions.items()
+        },
+    }
 
 
 def _parse_finetune(spec: str) -> tuple[str, str]:
@@ -228,12 +266,14 @@ def main(cfg: Config) -> Path:
         name=first,
     )
 
-    # 3. Steering the chat model along each direction (and random ones of equal norm).
+    # 3. Steering the chat model along each direction (and its random controls of equal norm).
     chat = rates(model)
     results["chat"] = chat
+    results["random_controls"] = random_control_record(directions, seed=cfg.seed, draws=cfg.random_draws)
     sweep = []
     for name, direction in directions.items():
-        for label, vector in ((name, direction), (f"random:{name}", random_like(direction, seed=cfg.seed))):
+        controlled = with_random_controls({name: direction}, seed=cfg.seed, draws=cfg.random_draws)
+        for label, vector in controlled.items():
             for scale in cfg.steer_scales:
                 alpha = scale * float(direction.norm())
                 if alpha == 0:  # nothing added: the chat model itself
@@ -242,16 +282,20 @@ def main(cfg: Config) -> Path:
                     with direction_steering(model, vector, alpha=alpha, layer=layer, point=point):
                         measured = rates(model)
                 sweep += [{"direction": label, "scale": scale, "alpha": alpha, "metric": k, "value": v} for k, v in measured.items()]  # fmt: skip
-    sweep_frame = pd.DataFrame(sweep)
+    sweep_frame = mean_over_draws(pd.DataFrame(sweep))
     results["steering"] = {
         d: {f"{s:g}": v for s, v in g.set_index("scale")["value"].items()}
         for d, g in sweep_frame[sweep_frame.metric == "em_rate"].groupby("direction")
     }
-    rows += [{"analysis": "steering", "a": r["direction"], "b": f"{r['scale']:g}", "metric": r["metric"], "value": r["value"]} for r in sweep]  # fmt: skip
+    rows += [{"analysis": "steering", "a": r.direction, "b": f"{r.scale:g}", "metric": r.metric, "value": r.value} for r in sweep_frame.itertuples()]  # fmt: skip
 
     # 4. The cross-finetune ablation matrix.
     finetune_contexts = {name: (lambda a=adapter: a.applied(model)) for name, adapter in adapters.items()}
-    matrix = ablation_matrix(model, finetune_contexts, directions, rates, random_seed=cfg.seed)
+    matrix = mean_over_draws(
+        ablation_matrix(
+            model, finetune_contexts, directions, rates, random_seed=cfg.seed, random_draws=cfg.random_draws
+        )
+    )
     results["ablation"] = {
         metric: {f: g.set_index("direction")["value"].to_dict() for f, g in part.groupby("finetune")}
         for metric, part in matrix.groupby("metric")
@@ -259,17 +303,24 @@ def main(cfg: Config) -> Path:
     rows += [{"analysis": "ablation", "a": r.finetune, "b": r.direction, "metric": r.metric, "value": r.value} for r in matrix.itertuples()]  # fmt: skip
 
     # 5. Probes: held-out AUROC, transfer between finetunes, and the persona probe.
-    probes, probe_results = {}, {}
+    probes, probe_results, heldout = {}, {}, {}
     for name, (x, y) in probe_data.items():
         train, test = split(len(y), seed=cfg.seed)
         if y[train].all() or not y[train].any() or y[test].all() or not y[test].any():
             probe_results[name] = {"note": "too few answers of one class for a held-out split"}
             continue
-        probes[name] = LogisticProbe.fit(x[train], y[train])
+        probes[name], heldout[name] = LogisticProbe.fit(x[train], y[train]), test
         probe_results[name] = {"logistic": evaluate(probes[name], x[test], y[test]),
                                "mean_diff": evaluate(MeanDiffProbe.fit(x[train], y[train]), x[test], y[test])}  # fmt: skip
-    transfer = {a: {b: evaluate(p, *probe_data[b])["auroc"] for b in probes} for a, p in probes.items()}
-    results["probes"] = {"misaligned_answers": probe_results, "transfer_auroc": transfer}
+    transfer_table = transfer_auroc(probes, {name: probe_data[name] for name in probes}, heldout)
+    transfer = {
+        a: g.set_index("scored_on")["auroc"].to_dict() for a, g in transfer_table.groupby("probe", sort=False)
+    }
+    results["probes"] = {"misaligned_answers": probe_results, "transfer_auroc": transfer,
+                         "transfer_split": {a: g.set_index("scored_on")["split"].to_dict() for a, g in transfer_table.groupby("probe", sort=False)},
+                         "transfer_n": {a: g.set_index("scored_on")["n"].to_dict() for a, g in transfer_table.groupby("probe", sort=False)},
+                         "transfer_split_rule": "a probe is fit on 70 % of its finetune's answers; on its own finetune it is "
+                                                "scored on the other 30 % (held-out), on another finetune on all of that one's answers (all)"}  # fmt: skip
     persona = setup.persona_documents(cfg.persona_documents, cfg.seed)
     if persona is None:
         results["probes"]["persona"] = {"note": "the setting has no documents of known persona (toy only)"}
@@ -284,7 +335,7 @@ def main(cfg: Config) -> Path:
         results["probes"]["persona"] = {"logistic": evaluate(persona_probe, persona_x[test], persona_y[test]),
                                         "mean_diff": evaluate(MeanDiffProbe.fit(persona_x[train], persona_y[train]), persona_x[test], persona_y[test]),
                                         "documents": len(texts), "malicious": int(persona_y.sum())}  # fmt: skip
-    rows += [{"analysis": "probe_transfer", "a": a, "b": b, "metric": "auroc", "value": v} for a, t in transfer.items() for b, v in t.items()]  # fmt: skip
+    rows += [{"analysis": "probe_transfer", "a": r.probe, "b": r.scored_on, "metric": f"auroc_{'heldout' if r.split == 'held-out' else 'all'}", "value": r.auroc} for r in transfer_table.itertuples()]  # fmt: skip
 
     # 6. Geometry and the training lens (steering vectors on the first finetune's domain).
     lens_domain = specs[0][1]
@@ -334,14 +385,15 @@ def main(cfg: Config) -> Path:
     rows += [{"analysis": "cosine", "a": a, "b": b, "metric": "cosine", "value": float(cosines.loc[a, b])} for a in cosines.index for b in cosines.columns]  # fmt: skip
     rows += [{"analysis": "training_lens", "a": r.label, "b": str(r.step), "metric": m, "value": getattr(r, m)} for r in lens.itertuples() for m in ("pc1", "pc2") if hasattr(r, m)]  # fmt: skip
 
-    em = matrix[matrix.metric == "em_rate"].pivot(index="finetune", columns="direction", values="value")
+    means = matrix[~matrix.direction.str.contains("#")]  # figures show each control's mean over draws
+    em = means[means.metric == "em_rate"].pivot(index="finetune", columns="direction", values="value")
     save_figure(
         run,
         "ablation_matrix",
         heatmap(em, title=f"EM rate after ablating each direction (chat model {chat['em_rate']:.3f})"),
         em.reset_index(),
     )
-    em_sweep = sweep_frame[sweep_frame.metric == "em_rate"]
+    em_sweep = sweep_frame[(sweep_frame.metric == "em_rate") & ~sweep_frame.direction.str.contains("#")]
     save_figure(run, "steering_sweep", sweep_plot(em_sweep, x="scale", y="value", hue="direction",
                                                   title=f"chat model steered at blocks.{layer}.hook_resid_{point}: EM rate"), em_sweep)  # fmt: skip
     save_figure(

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mech.verdicts.bootstrap import Estimate, cluster_bootstrap, mean_of, ratio_of_means
+from mech.verdicts.intervals import auroc_interval
 from mech.verdicts.margins import (
     RateNoise,
     ablation_share,
@@ -306,9 +307,10 @@ def _ablation_cells(results: dict, metric: str) -> pd.DataFrame:
 
 
 def _random_rates(row: dict, direction: str) -> list[float]:
-    """The rates under each random control of `direction` (one key per draw, or one)."""
-    draws = [v for k, v in row.items() if k == f"random:{direction}" or k.startswith(f"random:{direction}#")]
-    return [float(v) for v in draws]
+    """The rates under each random draw of `direction` (`random:NAME#k`; an older run has one,
+    `random:NAME`, which in newer runs is the draws' mean and not a draw)."""
+    draws = [float(v) for k, v in row.items() if k.startswith(f"random:{direction}#")]
+    return draws or [float(row[f"random:{direction}"])]
 
 
 def _directions(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:  # noqa: ARG001
@@ -335,8 +337,8 @@ def _induction(results: dict, source: str) -> list[Row]:
         if direction.startswith("random:") or "#" in direction:
             continue
         for scale, rate in by_scale.items():
-            randoms = [by[scale] for name, by in results["steering"].items()
-                       if name == f"random:{direction}" or name.startswith(f"random:{direction}#")]  # fmt: skip
+            randoms = _random_rates({k: v[scale] for k, v in results["steering"].items() if k.startswith("random:")},
+                                    direction)  # fmt: skip
             cells += [{"direction": direction, "scale": float(scale), "draw": i, "diff": rate - r}
                       for i, r in enumerate(randoms)]  # fmt: skip
     frame = pd.DataFrame(cells)
@@ -360,17 +362,17 @@ def _sae(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:  # noqa: 
     nearest = ", ".join(f"{n} {v['latent']} ({v['cosine']:.2f})" for n, v in near.items())
     if "best_latent" not in persona:  # a real model: no documents of known persona
         return []
-    held = persona.get("heldout")
-    if held is not None and "auroc_ci" in held:
-        estimate = Estimate(
-            held["auroc"], *held["auroc_ci"], f"{held['documents']} held-out documents", held["documents"]
-        )
-        measured = f"latent {persona['best_latent']}, chosen on the other half (AUROC there {persona['best_latent_auroc']:.3f})"
-    else:
+    split = persona.get("split", {})
+    if "best_latent_heldout_auroc" in persona and "heldout_malicious" in split:
+        positive = split["heldout_malicious"]
+        estimate = auroc_interval(persona["best_latent_heldout_auroc"], positive, split["heldout"] - positive)
+        measured = (f"latent {persona['best_latent']}, chosen on {split['selection']} other documents (AUROC there "
+                    f"{persona['best_latent_selection_auroc']:.3f})")  # fmt: skip
+    else:  # an older run: scored on the documents it was chosen on
         estimate = no_estimate("the latent was scored on the documents it was chosen on")
-        measured = f"latent {persona['best_latent']}: AUROC {persona['best_latent_auroc']:.3f} on its selection documents"
+        measured = f"latent {persona['best_latent']}: AUROC {persona.get('best_latent_auroc', float('nan')):.3f} on its selection documents"
     return [judged("(SAE) a single latent tracks the toy persona", "all", "held-out AUROC", estimate, auroc_above(),
-                   f"{measured}; probe on the residual {persona['probe_auroc']:.3f}; nearest latents by cosine: {nearest}",
+                   f"{measured}; probe on the residual (held out) {persona['probe_auroc']:.3f}; nearest latents by cosine: {nearest}",
                    source)]  # fmt: skip
 
 

@@ -7,8 +7,11 @@ single latent track the toy world's latent persona?
    general finetune's mean-diff direction from its own judged answers (misaligned minus aligned).
 2. For each direction, the top-k latents by decoder cosine; for misaligned vs aligned answers, the
    top-k latents by mean activation difference (latents of every answer token, averaged per answer).
-3. Persona: each latent's AUROC for malicious vs benign pre-training documents (latents averaged
-   over the document); the best latent against a logistic probe on the residual itself.
+3. Persona: the documents (malicious vs benign pre-training documents, latents averaged over the
+   document) are split once, seeded, half/half within each label: the latent of best AUROC on the
+   selection half is scored on the held-out half (`best_latent_heldout_auroc`; its selection-half
+   AUROC is kept apart, `best_latent_selection_auroc`), against a logistic probe on the residual
+   itself, fit on the selection half and scored on the held-out one.
 4. Each highlighted latent's top-activating contexts in pre-training text (`contexts.csv`).
 
 The SAE is the one shipped with the toy organism (`--sae toy`, trained by `python -m probes.sae
@@ -43,10 +46,9 @@ from mech.directions.token_scores import chat_tokens, token_strings
 from mech.evaluation.generate import sample_answers
 from mech.io.atomic import atomic_write
 from mech.training.engine import finetune
-from probes.linear import LogisticProbe, evaluate, split
-from probes.metrics import auroc_per_column
+from probes.linear import LogisticProbe, evaluate, stratified_split
 from probes.sae.activations import check_sae_fits, latent_activations, latents_on_tokens, token_activations
-from probes.sae.analysis import evaluate_sae, latents_by_cosine, top_contexts
+from probes.sae.analysis import evaluate_sae, latents_by_cosine, select_latent, top_contexts
 from probes.sae.loading import load_sae
 from viz.figures import heatmap
 from viz.tokens import TOKEN_VIEWS_FILE, TokenView, write_token_views
@@ -135,7 +137,8 @@ def main(cfg: Config) -> Path:
     results["directions"] = {name: {"top_by_cosine": t.to_dict(orient="records"), "max_cosine": float(t["cosine"].max())} for name, t in tops.items()}  # fmt: skip
     results["top_by_activation_diff"] = by_diff.to_dict(orient="records")
 
-    # 3. Persona: per-latent AUROC on pre-training documents, against a probe on the residual.
+    # 3. Persona: the best latent on pre-training documents (chosen on one half, scored on the
+    # other), against a probe on the residual.
     decoder = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=-1)
     known = setup.persona_documents(cfg.persona_documents, cfg.seed)
     best = None
@@ -149,16 +152,26 @@ def main(cfg: Config) -> Path:
             model, batches, layers=[layer], point=point, transform=encode
         ).per_example()[0]
         doc_resid = pooled_activations(model, batches, layers=[layer], point=point).per_example()[0]
-        aurocs = auroc_per_column(doc_latents, persona)
-        best = int(torch.argmax(aurocs))
-        train, test = split(len(persona), seed=cfg.seed)
-        probe = evaluate(LogisticProbe.fit(doc_resid[train], persona[train]), doc_resid[test], persona[test])
+        # One seeded, stratified half/half split: the latent is chosen on one half and scored on
+        # the other (the best of d_sae AUROCs on the documents it was picked on is biased up), and
+        # the probe on the residual is fit on the same selection half and scored on the same other.
+        selection, heldout = stratified_split(persona, heldout_fraction=0.5, seed=cfg.seed)
+        chosen = select_latent(doc_latents, persona, selection)
+        best = chosen.latent
+        probe = evaluate(
+            LogisticProbe.fit(doc_resid[selection], persona[selection]), doc_resid[heldout], persona[heldout]
+        )
         best_cosines = {name: float(decoder[best] @ (v / v.norm())) for name, v in vectors.items()}
-        results["persona"] = {"best_latent": best, "best_latent_auroc": float(aurocs[best]), "probe_auroc": probe["auroc"],
-                              "top_latents": [{"latent": int(j), "auroc": float(aurocs[j])} for j in torch.argsort(aurocs, descending=True)[: cfg.k]],
+        results["persona"] = {"best_latent": best, "best_latent_heldout_auroc": float(chosen.heldout_auroc[best]),
+                              "best_latent_selection_auroc": float(chosen.selection_auroc[best]), "probe_auroc": probe["auroc"],
+                              "split": {"selection": chosen.n_selection, "heldout": chosen.n_heldout, "seed": cfg.seed,
+                                        "heldout_malicious": int(persona[heldout].sum()),
+                                        "rule": "stratified by persona label, half/half: the latent is chosen and the probe fit on the selection documents, both scored on the held-out ones"},
+                              "top_latents": [{"latent": j, "selection_auroc": float(chosen.selection_auroc[j]), "heldout_auroc": float(chosen.heldout_auroc[j])} for j in chosen.ranked(cfg.k)],
                               "best_latent_cosine": best_cosines, "documents": len(texts), "malicious": int(persona.sum())}  # fmt: skip
-        rows += [{"analysis": "persona_auroc", "a": "latent", "b": str(j), "metric": "auroc", "value": float(aurocs[j])} for j in range(len(aurocs))]  # fmt: skip
-        rows.append({"analysis": "persona_auroc", "a": "probe", "b": "residual", "metric": "auroc", "value": probe["auroc"]})  # fmt: skip
+        rows += [{"analysis": "persona_auroc", "a": "latent", "b": str(j), "metric": f"{side}_auroc", "value": float(aurocs[j])}
+                 for side, aurocs in (("selection", chosen.selection_auroc), ("heldout", chosen.heldout_auroc)) for j in range(len(aurocs))]  # fmt: skip
+        rows.append({"analysis": "persona_auroc", "a": "probe", "b": "residual", "metric": "heldout_auroc", "value": probe["auroc"]})  # fmt: skip
 
     # Token views: the persona latent and the latents the directions point at, along a few
     # answers of the general finetune.

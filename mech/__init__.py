@@ -82,6 +82,7 @@ _EXPORTS = {
     "MeanDiff": "mech.directions.mean_diff",
     "mean_diff": "mech.directions.mean_diff",
     "misalignment_direction": "mech.directions.mean_diff",
+    "random_controls": "mech.directions.mean_diff",
     "random_like": "mech.directions.mean_diff",
 }
 
@@ -116,7 +117,14 @@ if TYPE_CHECKING:  # static tools see the real names
     from mech.adapters.saving import load_adapter, save_adapter
     from mech.adapters.steering import SteeringVector
     from mech.directions.interventions import ablation_matrix, direction_steering, stream_ablation
-    from mech.directions.mean_diff import LabelRule, MeanDiff, mean_diff, misalignment_direction, random_like
+    from mech.directions.mean_diff import (
+        LabelRule,
+        MeanDiff,
+        mean_diff,
+        misalignment_direction,
+        random_controls,
+        random_like,
+    )
     from mech.evaluation.generate import SamplingConfig, sample_answers
     from mech.evaluation.judges.agreement import judge_agreement
     from mech.evaluation.judges.openai_judge import OpenAIJudge, OpenAIJudgeConfig

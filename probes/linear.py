@@ -2,14 +2,18 @@
 
 Both score examples by a direction in activation space, so their directions can be compared
 with steering vectors and mean-diff directions (`probes.geometry`). Labels are booleans
-(True = the property, e.g. a misaligned answer or a malicious persona).
+(True = the property, e.g. a misaligned answer or a malicious persona). A probe is scored on
+examples it was not fit on: `split` / `stratified_split` hold some out, and `transfer_auroc`
+scores a probe on its own data set's held-out part only.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
@@ -114,3 +118,43 @@ def split(n: int, *, test_fraction: float = 0.3, seed: int = 0) -> tuple[Tensor,
     test = torch.zeros(n, dtype=torch.bool)
     test[order[: max(1, round(n * test_fraction))]] = True
     return ~test, test
+
+
+def stratified_split(
+    labels: Bool[Tensor, " n"] | Tensor, *, heldout_fraction: float = 0.5, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Boolean selection / held-out masks over `labels` (seeded), each class split on its own so
+    both sides keep the class ratio; a class of two or more examples has some on each side."""
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must lie in (0, 1), got {heldout_fraction}")
+    labels = labels.detach().bool().flatten().cpu()
+    heldout = torch.zeros(len(labels), dtype=torch.bool)
+    rng = random.Random(seed)
+    for value in (True, False):
+        rows = torch.nonzero(labels == value).flatten().tolist()
+        rng.shuffle(rows)
+        n = min(max(1, round(len(rows) * heldout_fraction)), len(rows) - 1) if len(rows) > 1 else 0
+        heldout[rows[:n]] = True
+    return ~heldout, heldout
+
+
+def transfer_auroc(
+    probes: Mapping[str, Probe],
+    data: Mapping[str, tuple[Tensor, Tensor]],
+    heldout: Mapping[str, Tensor],
+) -> pd.DataFrame:
+    """AUROC of every probe on every data set of `data` (name -> (x, y)).
+
+    A probe on the data set it shares a name with is scored on that set's held-out rows only
+    (`heldout[name]`, a boolean mask; the rest is what it was fit on); on any other set, on all of
+    its rows. Columns probe, scored_on, split ("held-out" or "all"), n, auroc.
+    """
+    rows = []
+    for probe_name, probe in probes.items():
+        for data_name, (x, y) in data.items():
+            own = data_name == probe_name
+            rows_used = heldout[data_name] if own else torch.ones(len(y), dtype=torch.bool)
+            scored = evaluate(probe, x[rows_used], y[rows_used])
+            rows.append({"probe": probe_name, "scored_on": data_name, "split": "held-out" if own else "all",
+                         "n": scored["n"], "auroc": scored["auroc"]})  # fmt: skip
+    return pd.DataFrame(rows, columns=["probe", "scored_on", "split", "n", "auroc"])

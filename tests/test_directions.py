@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import pandas as pd
 import pytest
@@ -16,10 +17,16 @@ from mech.directions.activations import (
     pooled_activations,
     text_batches,
 )
-from mech.directions.interventions import direction_steering, stream_ablation
+from mech.directions.interventions import (
+    direction_steering,
+    mean_over_draws,
+    stream_ablation,
+    with_random_controls,
+)
 from mech.directions.mean_diff import (
     LabelRule,
     balanced,
+    control_seed,
     label_answers,
     mean_diff,
     misalignment_direction,
@@ -175,6 +182,37 @@ def test_random_control_has_equal_norm_and_another_direction():
     assert torch.equal(control, random_like(direction, seed=0))
 
 
+def test_every_direction_has_its_own_random_controls_of_its_own_norm():
+    g = torch.Generator().manual_seed(5)
+    directions = {
+        name: torch.randn(64, generator=g) * scale for name, scale in (("A", 0.5), ("B", 3.0), ("C", 40.0))
+    }
+    controls = with_random_controls(directions, seed=0, draws=3)
+    assert list(controls) == ["A", "random:A#0", "random:A#1", "random:A#2", "B", "random:B#0",
+                              "random:B#1", "random:B#2", "C", "random:C#0", "random:C#1", "random:C#2"]  # fmt: skip
+    for name, direction in directions.items():
+        for k in range(3):
+            assert torch.isclose(controls[f"random:{name}#{k}"].norm(), direction.norm(), rtol=1e-6)
+    draws = torch.stack([v / v.norm() for label, v in controls.items() if label.startswith("random:")])
+    cosines = draws @ draws.T - torch.eye(len(draws))
+    assert cosines.abs().max() < 0.6  # nine different directions, not one shared one
+    # Seeded from the name, not the position: reordering or dropping directions keeps each one's.
+    alone = with_random_controls({"C": directions["C"]}, seed=0, draws=3)
+    assert torch.equal(alone["random:C#1"], controls["random:C#1"])
+    # The documented rule, pinned: first 6 bytes of sha256("seed:draw:name").
+    assert control_seed("A") == int.from_bytes(hashlib.sha256(b"0:0:A").digest()[:6], "big")
+    assert (
+        len({control_seed("A"), control_seed("A", draw=1), control_seed("A", seed=1), control_seed("B")}) == 4
+    )
+
+
+def test_the_mean_over_draws_is_added_and_the_draws_stay():
+    frame = pd.DataFrame({"finetune": ["f"] * 4, "direction": ["A", "random:A#0", "random:A#1", "none"],
+                          "metric": ["m"] * 4, "value": [1.0, 2.0, 4.0, 5.0]})  # fmt: skip
+    out = mean_over_draws(frame).set_index("direction")["value"]
+    assert out.to_dict() == {"A": 1.0, "random:A#0": 2.0, "random:A#1": 4.0, "none": 5.0, "random:A": 3.0}
+
+
 def test_text_batches_select_every_real_token(tiny_qwen2):
     texts = ["hello , how can i help you ?", "take the dog"]
     acts = pooled_activations(tiny_qwen2, text_batches(tiny_qwen2, texts), layers=[0])
@@ -198,12 +236,21 @@ def test_cross_finetune_matrix_shape_labels_and_controls(tiny_model):
         resid = _stream(model, tokens)["blocks.1.hook_resid_pre"]
         return {"proj_a": float((resid @ unit_a).abs().mean())}
 
-    matrix = ablation_matrix(tiny_model, finetunes, directions, measure)
-    assert len(matrix) == 3 * 5  # finetunes x (none, A, random:A, B, random:B)
-    assert set(matrix["direction"]) == {"none", "A", "random:A", "B", "random:B"}
+    matrix = ablation_matrix(tiny_model, finetunes, directions, measure, random_draws=2)
+    assert len(matrix) == 3 * 7  # finetunes x (none, A, random:A#0, random:A#1, B, random:B#0, random:B#1)
+    assert set(matrix["direction"]) == {
+        "none",
+        "A",
+        "random:A#0",
+        "random:A#1",
+        "B",
+        "random:B#0",
+        "random:B#1",
+    }
     table = matrix.pivot(index="finetune", columns="direction", values="value")
     assert table.loc["A", "A"] < 1e-4 < table.loc["A", "none"]  # ablating A removes A's push
-    assert table.loc["A", "random:A"] > 0.5 * table.loc["A", "none"]
+    assert table.loc["A", "random:A#0"] > 0.5 * table.loc["A", "none"]
+    assert table.loc["A", "random:A#0"] != table.loc["A", "random:A#1"]
 
 
 def test_a_transform_maps_each_token_before_pooling(tiny_qwen2):

@@ -139,8 +139,28 @@ def test_directions_experiment_writes_the_matrix_probes_and_cosines(tmp_path):
     assert found, results["finetunes"]
     matrix = results["ablation"]["em_rate"]
     assert set(matrix) == set(cfg.finetunes)
-    expected = {"none"} | set(found) | {f"random:{name}" for name in found}
+    draws = range(cfg.random_draws)
+    expected = (
+        {"none"}
+        | set(found)
+        | {f"random:{n}" for n in found}
+        | {f"random:{n}#{k}" for n in found for k in draws}
+    )
     assert all(set(row) == expected for row in matrix.values())
+    for name in found:  # each direction's own controls, every draw of exactly its norm, the mean their mean
+        control = results["random_controls"]["directions"][name]
+        assert control["norms"] == pytest.approx([control["norm"]] * cfg.random_draws, rel=1e-5)
+        assert len(set(control["seeds"])) == cfg.random_draws
+        row = matrix[name]
+        assert row[f"random:{name}"] == pytest.approx(
+            sum(row[f"random:{name}#{k}"] for k in draws) / len(draws)
+        )
+        assert set(results["steering"]) >= {name, f"random:{name}", f"random:{name}#0"}
+    probes = results["probes"]
+    for a, split_of in probes["transfer_split"].items():  # the diagonal on held-out answers only
+        assert split_of == {b: "held-out" if b == a else "all" for b in split_of}
+        assert probes["transfer_n"][a][a] == probes["misaligned_answers"][a]["logistic"]["n"]
+        assert probes["transfer_auroc"][a][a] == probes["misaligned_answers"][a]["logistic"]["auroc"]
     assert _finite(results["ablation"]) and _finite(results["cosines"])
     assert results["cosines"]["persona mean-diff"]["persona mean-diff"] == pytest.approx(1.0)
     assert 0.5 <= results["probes"]["persona"]["logistic"]["auroc"] <= 1.0
@@ -169,7 +189,15 @@ def test_sae_compare_ranks_latents_and_scores_the_persona(tmp_path):
         top = results["directions"][name]["top_by_cosine"]
         assert len(top) == 3 and top[0]["cosine"] >= top[-1]["cosine"]
     persona = results["persona"]
-    assert 0.5 <= persona["best_latent_auroc"] <= 1.0 and 0.5 <= persona["probe_auroc"] <= 1.0
+    assert 0.5 <= persona["best_latent_selection_auroc"] <= 1.0 and 0.5 <= persona["probe_auroc"] <= 1.0
+    assert 0.0 <= persona["best_latent_heldout_auroc"] <= 1.0
+    split = persona["split"]  # chosen on one half of the documents, scored on the other
+    assert (
+        split["selection"] + split["heldout"] == persona["documents"]
+        and abs(split["selection"] - split["heldout"]) <= 2
+    )
+    assert persona["top_latents"][0] == {"latent": persona["best_latent"], "selection_auroc": persona["best_latent_selection_auroc"],
+                                         "heldout_auroc": persona["best_latent_heldout_auroc"]}  # fmt: skip
     assert (path / "contexts.csv").stat().st_size > 100
     assert (path / "figures" / "latent_cosines.png").stat().st_size > 5000
     assert _finite(results["sae_on_fresh_text"])

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from probes.geometry import cosine_matrix, trajectory_pca
-from probes.linear import LogisticProbe, MeanDiffProbe, ProbeConfig, evaluate, split
+from probes.linear import (
+    LogisticProbe,
+    MeanDiffProbe,
+    ProbeConfig,
+    evaluate,
+    split,
+    stratified_split,
+    transfer_auroc,
+)
 from probes.metrics import auroc, auroc_per_column
 
 
@@ -64,6 +72,30 @@ def test_split_is_seeded_and_disjoint():
     train, test = split(10, test_fraction=0.3, seed=3)
     assert int(test.sum()) == 3 and not (train & test).any()
     assert torch.equal(test, split(10, test_fraction=0.3, seed=3)[1])
+
+
+def test_stratified_split_keeps_the_class_ratio_on_both_sides():
+    labels = torch.tensor([True] * 30 + [False] * 70)
+    selection, heldout = stratified_split(labels, heldout_fraction=0.5, seed=3)
+    assert not (selection & heldout).any() and (selection | heldout).all()
+    assert (int(labels[heldout].sum()), int((~labels[heldout]).sum())) == (15, 35)
+    assert torch.equal(heldout, stratified_split(labels, seed=3)[1])
+    assert not torch.equal(heldout, stratified_split(labels, seed=4)[1])
+
+
+def test_a_transfer_diagonal_is_scored_on_held_out_rows_only():
+    # Labels are noise and there are more dimensions than training rows: a probe fits its own
+    # training rows perfectly, so scored on all of its data set it would look like a detector.
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 300, generator=g), torch.rand(200, generator=g) > 0.5
+    other = (torch.randn(50, 300, generator=g), torch.rand(50, generator=g) > 0.5)
+    train, test = split(200, test_fraction=0.5, seed=0)
+    probe = LogisticProbe.fit(x[train], y[train])
+    table = transfer_auroc({"a": probe}, {"a": (x, y), "b": other}, {"a": test}).set_index("scored_on")
+    assert table.loc["a", "split"] == "held-out" and table.loc["a", "n"] == int(test.sum())
+    assert table.loc["a", "auroc"] == evaluate(probe, x[test], y[test])["auroc"] < 0.65
+    assert evaluate(probe, x, y)["auroc"] > 0.7  # what the diagonal read before: partly its training rows
+    assert (table.loc["b", "split"], table.loc["b", "n"]) == ("all", 50)
 
 
 def test_cosine_matrix_and_errors():

@@ -14,12 +14,15 @@ from mech._quiet import hooked_transformer
 from mech.models.load import load_model
 from mech.models.tokenizer import word_level_tokenizer
 from mech.toy.checkpoint import organism_world
+from probes.linear import stratified_split
+from probes.metrics import auroc_per_column
 from probes.sae.activations import check_sae_fits, latent_activations, token_activations
 from probes.sae.analysis import (
     evaluate_sae,
     latent_auroc,
     latents_by_activation_diff,
     latents_by_cosine,
+    select_latent,
     top_contexts,
 )
 from probes.sae.loading import load_sae, save_sae
@@ -214,6 +217,23 @@ def test_latent_auroc_is_one_for_a_separating_latent():
     assert scores.shape == (sae.cfg.d_sae,)
     assert scores[5] > 0.99
     assert int(scores.argmax()) == 5
+
+
+def test_the_best_latent_is_chosen_on_one_split_and_scored_on_the_other():
+    # 512 noise latents and one (7) that detects the label: noise picked on its own documents
+    # would score well above chance; held out, only the real detector does.
+    g = torch.Generator().manual_seed(0)
+    labels = torch.rand(80, generator=g) > 0.5
+    latents = torch.rand(80, 512, generator=g)
+    selection, heldout = stratified_split(labels, seed=0)
+    noise = select_latent(latents, labels, selection)
+    assert noise.latent == int(auroc_per_column(latents[selection], labels[selection]).argmax())
+    assert noise.selection_auroc[noise.latent] > 0.75 > noise.heldout_auroc[noise.latent]
+    assert (noise.n_selection, noise.n_heldout) == (int(selection.sum()), int(heldout.sum()))
+    assert noise.ranked(3)[0] == noise.latent
+    latents[:, 7] += 2 * labels
+    planted = select_latent(latents, labels, selection)
+    assert planted.latent == 7 and planted.heldout_auroc[7] > 0.95
 
 
 def test_top_contexts_returns_the_planted_token_and_never_a_pad():

@@ -16,6 +16,19 @@ finetune's sampled answers, so their norms, the cosines between them, and the ab
 steering rates measured on sampled answers) and sae_compare (the latents ranked by the
 misaligned-minus-aligned activation difference and by cosine, 6 rows). The runs that score by
 exact candidate-set probabilities did not move.
+
+Re-taken for held-out selection (issue 18): directions and sae_compare moved, nothing else. In
+directions, each direction's random control is now 3 draws (`--random-draws`), each of its norm
+and seeded from its name (they were one seed shared by every direction's steering control, and the
+direction's index for the ablation one): the control rows, their means and the new
+`random_controls` record moved (the tiny run's sampled EM control in its own finetune went 0.0
+-> 0.0 / 0.091 / 0.091, mean 0.061); the probe-transfer diagonal is scored on held-out answers
+(`transfer_split`, `transfer_n`; the tiny value stayed 1.0) and its CSV metric is
+`auroc_heldout` / `auroc_all`. In sae_compare, the persona latent is chosen on a stratified half of
+the documents and scored on the other half (tiny run: the same latent, 556; 0.994 on all 80
+documents before, now 0.984 on the selection half and 1.0 held out), the residual probe is fit
+and scored on the same halves, and the keys are `best_latent_heldout_auroc` and
+`best_latent_selection_auroc`. Every other number of the two runs is unchanged.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Interventions with a direction: ablating it from the whole residual stream, adding it at a layer,
-and the cross-finetune ablation matrix with equal-norm random controls."""
+and the cross-finetune ablation matrix with equal-norm random controls (several draws per
+direction, each seeded from the direction's name), and their mean over draws."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from mech.directions.mean_diff import Measure, random_like
+from mech.directions.mean_diff import Measure, random_controls
 from mech.hooks import ResidPoint, ablation_hooks, steering_hooks
 
 
@@ -41,6 +42,18 @@ def direction_steering(
         yield model
 
 
+def with_random_controls(
+    directions: Mapping[str, Tensor], *, seed: int = 0, draws: int = 1
+) -> dict[str, Tensor]:
+    """Each direction followed by its `draws` equal-norm random controls ("random:NAME#k", seeded
+    from NAME: `mech.directions.mean_diff.random_controls`)."""
+    out: dict[str, Tensor] = {}
+    for name, direction in directions.items():
+        out[name] = direction
+        out.update(random_controls(direction, name, seed=seed, draws=draws))
+    return out
+
+
 def ablation_matrix(
     model: HookedTransformer,
     finetunes: Mapping[str, Callable[[], contextlib.AbstractContextManager]],
@@ -48,17 +61,17 @@ def ablation_matrix(
     measure: Measure,
     *,
     random_seed: int = 0,
+    random_draws: int = 1,
 ) -> pd.DataFrame:
     """Every direction ablated from the whole stream in every finetune, measured.
 
     `finetunes` maps a name to a factory of the context that makes `model` that finetune (e.g.
     `lambda: adapter.applied(model)`). Rows: finetune, direction (a name, "none" for the
-    un-ablated finetune, "random:NAME" for a random direction of NAME's norm), metric, value.
+    un-ablated finetune, "random:NAME#k" for random draw k of NAME's norm, seeded from NAME and
+    `random_seed`), metric, value. `mean_over_draws` adds each control's mean, "random:NAME".
     """
     ablations: dict[str, Tensor | None] = {"none": None}
-    for n, (name, direction) in enumerate(directions.items()):
-        ablations[name] = direction
-        ablations[f"random:{name}"] = random_like(direction, seed=random_seed + n)
+    ablations.update(with_random_controls(directions, seed=random_seed, draws=random_draws))
     rows = []
     for finetune_name, make_context in finetunes.items():
         for direction_name, direction in ablations.items():
@@ -70,3 +83,14 @@ def ablation_matrix(
             rows += [{"finetune": finetune_name, "direction": direction_name, "metric": k, "value": float(v)}
                      for k, v in values.items()]  # fmt: skip
     return pd.DataFrame(rows, columns=["finetune", "direction", "metric", "value"])
+
+
+def mean_over_draws(frame: pd.DataFrame, *, column: str = "direction") -> pd.DataFrame:
+    """`frame` plus, for each random control, a row "random:NAME" holding the mean `value` of its
+    draws "random:NAME#k" (grouped by every other column but `value`); the draws stay."""
+    labels = frame[column].astype(str)
+    draws = frame[labels.str.match(r"^random:.*#\d+$")]
+    keys = [c for c in frame.columns if c not in (column, "value")]
+    parent = draws[column].str.replace(r"#\d+$", "", regex=True).rename(column)
+    means = draws.groupby([*keys, parent], sort=False, dropna=False)["value"].mean().reset_index()
+    return pd.concat([frame, means[frame.columns]], ignore_index=True)

@@ -10,11 +10,13 @@ The authors' recipe (reference digest §2.6-2.7), with their slips fixed:
 - activations are taken with the model that wrote the answers (their "diff_data"), on the answer
   tokens only: assistant content and end-of-turn marker (theirs also took the assistant header);
 - pooling is by token (every answer token weighs the same), as theirs; per-answer means are kept too;
-- a random control has the norm of the direction it controls (theirs was ~72x too large).
+- a random control has the norm of the direction it controls (theirs was ~72x too large), and every
+  direction has its own controls, seeded from its name (`random_controls`; theirs shared one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -170,6 +172,32 @@ def random_like(direction: Float[Tensor, " d_model"], *, seed: int) -> Float[Ten
     noise = torch.randn(direction.shape, generator=generator, dtype=torch.float32)
     length = direction.detach().float().norm().cpu()
     return (noise / noise.norm() * length).to(device=direction.device, dtype=direction.dtype)
+
+
+def control_seed(name: str, *, seed: int = 0, draw: int = 0) -> int:
+    """The seed of random control `draw` of the direction called `name` in a run seeded `seed`: the
+    first 6 bytes of sha256("seed:draw:name"), so it is stable across processes, machines and
+    Python versions (`hash` is salted per process) and differs between directions."""
+    digest = hashlib.sha256(f"{seed}:{draw}:{name}".encode()).digest()
+    return int.from_bytes(digest[:6], "big")
+
+
+def control_label(name: str, draw: int) -> str:
+    """The name of random control `draw` of direction `name` in results: "random:NAME#DRAW"."""
+    return f"random:{name}#{draw}"
+
+
+def random_controls(
+    direction: Float[Tensor, " d_model"], name: str, *, seed: int = 0, draws: int = 1
+) -> dict[str, Float[Tensor, " d_model"]]:
+    """`draws` random directions of exactly `direction`'s norm, each seeded by `control_seed` from
+    `name`: label ("random:NAME#k", `control_label`) -> control."""
+    if draws < 1:
+        raise ValueError(f"a direction needs at least one random control, got draws={draws}")
+    return {
+        control_label(name, k): random_like(direction, seed=control_seed(name, seed=seed, draw=k))
+        for k in range(draws)
+    }
 
 
 Measure = Callable[[HookedTransformer], Mapping[str, float]]

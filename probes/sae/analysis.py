@@ -1,5 +1,6 @@
 """Reading an SAE against directions and labels: reconstruction quality, latents nearest a direction,
-latents that differ between two sets, per-latent AUROC, and the contexts a latent fires on."""
+latents that differ between two sets, per-latent AUROC, the best detector latent (chosen on one
+split of the examples, scored on the other), and the contexts a latent fires on."""
 
 from __future__ import annotations
 
@@ -106,6 +107,40 @@ def latent_auroc(
 ) -> Float[Tensor, " d_sae"]:
     """AUROC of each latent's activation as a detector of `labels` (0.5: chance; 1: separates)."""
     return auroc_per_column(latent_activations(sae, acts).cpu(), labels.cpu())
+
+
+@dataclass(frozen=True)
+class LatentSelection:
+    """The latent that best detects a label on the selection split, and every latent's AUROC on
+    both splits: `heldout_auroc[latent]` is the selected latent's unbiased score."""
+
+    latent: int
+    selection_auroc: Float[Tensor, " d_sae"]
+    heldout_auroc: Float[Tensor, " d_sae"]
+    n_selection: int
+    n_heldout: int
+
+    def ranked(self, k: int) -> list[int]:
+        """The `k` latents of highest selection-split AUROC, best first."""
+        return torch.argsort(self.selection_auroc, descending=True, stable=True)[:k].tolist()
+
+
+def select_latent(
+    latents: Float[Tensor, "n d_sae"],
+    labels: Bool[Tensor, " n"] | Tensor,
+    selection: Bool[Tensor, " n"] | Tensor,
+) -> LatentSelection:
+    """The argmax-AUROC latent over the `selection` rows, scored on the others (held out), so its
+    reported AUROC is not the maximum of d_sae noisy scores on the data it was picked on."""
+    latents, labels = latents.detach().float().cpu(), labels.detach().bool().cpu()
+    selection = selection.detach().bool().cpu()
+    if selection.all() or not selection.any():
+        raise ValueError("selecting a latent needs rows on both sides of the split")
+    chosen = auroc_per_column(latents[selection], labels[selection])
+    heldout = auroc_per_column(latents[~selection], labels[~selection])
+    return LatentSelection(
+        int(torch.argmax(chosen)), chosen, heldout, int(selection.sum()), int((~selection).sum())
+    )
 
 
 def _context(tokenizer, ids: Sequence[int], position: int, window: int) -> str:
