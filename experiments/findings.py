@@ -40,13 +40,14 @@ Row = dict
 
 def judged(
     finding: str, adapter: str, effect: str, estimate: Estimate, bound: Bound, measured: str, source: str,
-    *, verdict_: str | None = None,
+    *, verdict_: str | None = None, note: str = "",
 ) -> Row:  # fmt: skip
     """One finding row: the estimate, its bound and the verdict the rule gives (or `verdict_`,
-    for findings made of several conditions)."""
+    for findings made of several conditions, whose other conditions `note` says briefly)."""
     row = {"finding": finding, "adapter": adapter, "effect": effect, **estimate.as_dict(), "bound": bound.text(),
-           "null": bound.null, "bound_value": bound.bound, "verdict": verdict_ or verdict(estimate, bound), "measured": measured, "source": source}  # fmt: skip
-    return {**row, "estimate": describe_row(row)}
+           "null": bound.null, "bound_value": bound.bound, "verdict": verdict_ or verdict(estimate, bound),
+           "note": note, "measured": measured, "source": source}  # fmt: skip
+    return {**row, "estimate": describe_row(row) + (f"; {note}" if note else "")}
 
 
 def no_estimate(unit: str) -> Estimate:
@@ -142,11 +143,13 @@ def _narrow(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:
                          f"outside {spread.value:+.3f} [{spread.ci_low:.3f}, {spread.ci_high:.3f}]")  # fmt: skip
         if not tried:
             continue
-        best = next((t for t in tried if t[3] != "not reproduced"), tried[-1])
+        rank = {"reproduced": 0, "inconclusive": 1, "not reproduced": 2}  # the row shows the best weight
+        best = min(tried, key=lambda t: rank[t[3]])
         measured = "; ".join(parts) + f" (over chat; narrow bound {keeps.text()}; intervals at {level:.1%})"
+        note = f"at KL {best[0]:g}, narrow rise {best[1].value:.3g} [{best[1].ci_low:.3g}, {best[1].ci_high:.3g}] vs {keeps.text()}"
         rows.append(judged("a narrow solution exists under KL (narrow rate far above chat, no rise outside)", kind,
-                           f"{metric} rise outside at KL {best[0]:g}", best[2], outside, measured, source,
-                           verdict_=any_of([t[3] for t in tried])))  # fmt: skip
+                           f"{metric} rise outside at the best KL weight", best[2], outside, measured, source,
+                           verdict_=any_of([t[3] for t in tried]), note=note))  # fmt: skip
     return rows
 
 
@@ -211,14 +214,14 @@ def _pretraining(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:  
                 cells, ratio_of_means("narrow", "random"), levels=("seed", "norm")
             )
             control = verdict(over_random, ratio_above())
-            tail = f"; narrow / random {over_random.value:.3g} [{over_random.ci_low:.3g}, {over_random.ci_high:.3g}]"
+            tail = f"narrow / random {over_random.value:.3g} [{over_random.ci_low:.3g}, {over_random.ci_high:.3g}]"
         else:
-            control, tail = INCONCLUSIVE, "; no equal-norm random control stored"
+            control, tail = INCONCLUSIVE, "no equal-norm random control stored"
         measured = (f"KL on pre-training text, mean over norms: general {cells['general'].mean():.3g}, "
-                    f"narrow {cells['narrow'].mean():.3g}" + tail)  # fmt: skip
+                    f"narrow {cells['narrow'].mean():.3g}; " + tail)  # fmt: skip
         rows.append(judged("pre-training significance: the general direction changes pre-training text more (and both more than random)",
                            kind, "general / narrow KL", over_narrow, ratio_above(), measured, source,
-                           verdict_=combine([verdict(over_narrow, ratio_above()), control])))  # fmt: skip
+                           verdict_=combine([verdict(over_narrow, ratio_above()), control]), note=f"{tail} ({control})"))  # fmt: skip
     return rows
 
 

@@ -25,7 +25,8 @@ def cell(row: dict) -> str:
         number = f"{row['value']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
     else:
         number = f"{row['value']:.3g} [no interval]"
-    return f"**{row['verdict']}** {number}"
+    note = f"; {row['note']}" if row.get("note") else ""
+    return f"**{row['verdict']}** {number}{note}"
 
 
 def group_of(source: str) -> Path:
