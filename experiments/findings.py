@@ -84,7 +84,7 @@ def chat_noise(chat: pd.DataFrame, sampled: bool) -> RateNoise:
     if not sampled or "ci_low" not in chat.columns:
         return RateNoise(float(chat["value"].mean()), sampled)
     sds = [
-        RateNoise.from_interval(0, lo, hi).noise_sd
+        RateNoise.from_interval(0.0, float(lo), float(hi)).noise_sd
         for lo, hi in zip(chat["ci_low"], chat["ci_high"], strict=True)
     ]
     return RateNoise(float(chat["value"].mean()), True, math.sqrt(sum(s * s for s in sds)) / len(sds))

@@ -173,7 +173,11 @@ def test_the_command_line_writes_the_report(runs, tmp_path):
     known = _cli(str(runs[0]), "--out", str(tmp_path / "known.html"))
     assert known.returncode == 0, known.stderr
     page = (tmp_path / "known.html").read_text(encoding="utf-8")
-    assert "efficiency: general has lower loss at matched norm" in page and "inconclusive" in page and "loss gap / loss learned" in page
+    assert (
+        "efficiency: general has lower loss at matched norm" in page
+        and "inconclusive" in page
+        and "loss gap / loss learned" in page
+    )
     assert BUNDLE_MARKER not in page
 
     missing = _cli(str(tmp_path / "nope"), "--out", str(tmp_path / "x.html"))
@@ -193,7 +197,9 @@ def test_given_a_folder_of_runs_the_report_and_the_table_find_them(runs, tmp_pat
 
     summary.main([str(root)])
     printed = capsys.readouterr()
-    assert "efficiency: general has lower loss at matched norm" in printed.out and "inconclusive" in printed.out
+    assert (
+        "efficiency: general has lower loss at matched norm" in printed.out and "inconclusive" in printed.out
+    )
     assert f"skipped {runs[1]}: not a finished run of a known experiment" in printed.err
 
 

@@ -29,6 +29,12 @@ the documents and scored on the other half (tiny run: the same latent, 556; 0.99
 documents before, now 0.984 on the selection half and 1.0 held out), the residual probe is fit
 and scored on the same halves, and the keys are `best_latent_heldout_auroc` and
 `best_latent_selection_auroc`. Every other number of the two runs is unchanged.
+
+Re-taken for the verdicts (issue 18): efficiency's results.json gained each seed's `chat_loss`
+(the loss the solutions learned from), sae_compare's the held-out split's malicious count (for
+the AUROC's interval), and revert gained its control trajectory (`keep_kl`: the same steps with
+the KL never removed), which adds rows to its results.csv. No number that was there moved
+(efficiency's and sae_compare's results.csv digests are unchanged).
 """
 
 from __future__ import annotations
