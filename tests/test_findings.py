@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from experiments import findings
+from experiments.findings.directions import ablation_cells
 from mech.verdicts.intervals import auroc_interval
 
 DOMAINS = {"medical": "narrow", "cars": "kl", "cooking": "kl", "sports": "kl", "pets": "heldout_domain",
@@ -114,7 +115,7 @@ def test_direction_controls_are_the_draws_not_their_mean():
     }
     results = {"chat": {"p_bad_outside": 0.02, "em_rate": 0.0}, "ablation": {"p_bad_outside": {"d": row}},
                "steering": {}}  # fmt: skip
-    cells = findings._ablation_cells(results, "p_bad_outside")
+    cells = ablation_cells(results, "p_bad_outside")
     assert sorted(cells["beyond_random"].round(3)) == [0.06, 0.07, 0.08]  # never 0.5 - 0.03
 
 
