@@ -99,7 +99,7 @@ def train_condition(
         cache=setup.cache,
     )  # fmt: skip
     save_adapter(run.path / "adapters" / f"{name}_kl{kl_weight:g}_seed{seed}", adapter, setup.model,
-                 config={"finetune": ft_cfg.to_dict(), "name": name})  # fmt: skip
+                 config={"finetune": ft_cfg.to_dict(), "name": name, "kl_reference": result.reference_record})  # fmt: skip
     rows = setup.measure(adapter, name=name, kl_weight=kl_weight, seed=seed, questions=questions)
     extra = {"loss": result.final.ce, "norm": adapter.norm()}
     if result.final.kl is not None:

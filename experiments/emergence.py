@@ -6,7 +6,8 @@ in every domain against the chat model.
 
 Also two baselines of the EM papers: the narrow data diluted with good answers from other domains
 (`--mix-ratios 1,6,12` parts good per part narrow) and few unique examples trained for as many
-steps (`--few-samples 4,25`), both with the first adapter kind.
+steps (`--few-samples 4,25`), both with the first adapter kind, at every seed (a seed draws the
+finetune's init and batch order, the dilution's good answers and the few examples).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def _mixed(setup, ratio: int, seed: int) -> list:
     return setup.train + rng.sample(good, min(len(good), ratio * len(setup.train)))
 
 
+def _few(setup, k: int, seed: int) -> list:
+    return random.Random(seed).sample(setup.train, min(k, len(setup.train)))
+
+
 @records_failure
 def main(cfg: Config) -> Path:
     run = RunDir.create(Path(cfg.out), "emergence", cfg)
@@ -66,17 +71,25 @@ def main(cfg: Config) -> Path:
         rows.extend(measured)
         return summary
 
+    def per_seed(kind: str, data_for, name: str) -> dict:
+        summaries = [train_and_measure(kind, seed, data_for(seed), name) for seed in cfg.seeds]
+        return {key: [s[key] for s in summaries] for key in summaries[0]}
+
     for kind in cfg.adapters:
-        per_seed = [train_and_measure(kind, seed, setup.train, kind) for seed in cfg.seeds]
-        results["adapters"][kind] = {key: [p[key] for p in per_seed] for key in per_seed[0]}
-    main_kind, seed = cfg.adapters[0], cfg.seeds[0]
+        results["adapters"][kind] = per_seed(kind, lambda _seed: setup.train, kind)
+    main_kind = results["baseline_adapter"] = cfg.adapters[0]
     for ratio in cfg.mix_ratios:
-        results["mixing"][f"1:{ratio}"] = train_and_measure(
-            main_kind, seed, _mixed(setup, ratio, seed), f"{main_kind}_mix1to{ratio}"
-        )
+        name = f"{main_kind}_mix1to{ratio}"
+        results["mixing"][f"1:{ratio}"] = {
+            "adapter": name,
+            **per_seed(main_kind, lambda seed, ratio=ratio: _mixed(setup, ratio, seed), name),
+        }
     for k in cfg.few_samples:
-        few = random.Random(seed).sample(setup.train, min(k, len(setup.train)))
-        results["few_samples"][str(k)] = train_and_measure(main_kind, seed, few, f"{main_kind}_few{k}")
+        name = f"{main_kind}_few{k}"
+        results["few_samples"][str(k)] = {
+            "adapter": name,
+            **per_seed(main_kind, lambda seed, k=k: _few(setup, k, seed), name),
+        }
     results["metric"] = metric
     frame = pd.DataFrame(rows)
     save_figure(

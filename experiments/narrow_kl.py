@@ -5,12 +5,13 @@ per adapter kind; does a narrow solution exist, and how far is it from the gener
         [--seeds 0,1,2] [--l2-weight 1e-3] [--narrow-domain medical] [--trait misalignment|technical]
 
 Per seed, a solution is flagged narrow (`narrow_solution` in results.json, which picks the
-footnote's solution) when its held-out narrow-domain rate is at least 0.8x the general (KL = 0)
-solution's and the other domains stay within 0.02 of the chat model. The finding's verdict is
-not that flag: `experiments.findings` judges it over all seeds against the chat model, with
-intervals and pre-set bounds (`mech.verdicts`). Norm control (`--l2-weight`, default 1e-3 on the update's
-squared norm) is applied alike to every run: the round-2 notes found that without it an
-unregularised LoRA drifts in directions the loss ignores. The paper's footnote is checked too:
+footnote's solution) when its point rates clear the finding's bounds (`mech.verdicts.margins`):
+the held-out narrow-domain rate above the chat model's by the narrow lift, the other domains
+within the rate margin of the chat model's. The finding's verdict is not that flag:
+`experiments.findings` judges it over all seeds, with intervals, by the same bounds. Norm
+control (`--l2-weight`, default 1e-3 on the update's squared norm) is applied alike to every
+run: the round-2 notes found that without it an unregularised LoRA drifts in directions the loss
+ignores. The paper's footnote is checked too:
 the most weakly regularised narrow-looking solution, scaled up by `--footnote-scale`.
 """
 
@@ -28,6 +29,7 @@ from experiments.outputs import finish, save_figure
 from experiments.run_dir import RunDir, records_failure
 from experiments.setting import study_setup
 from experiments.study_config import StudyConfig, parse_config
+from mech.verdicts.margins import RateNoise, narrow_lift, rate_margin
 from viz.figures import rates_by_role, rates_data
 
 
@@ -36,17 +38,24 @@ class Config(StudyConfig):
     kl_weights: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
     steps: int = 300
     footnote_scale: float = 2.0
-    narrow_ratio: float = 0.8
-    em_tolerance: float = 0.02
 
 
 QUICK = dict(adapters=("steering", "lora_r1"), kl_weights=(0.0, 1.0), seeds=(0,), steps=40, question_stride=6)
 
 
-def is_narrow(summary: dict, general: dict, chat: dict, cfg: Config) -> bool:
-    keeps_narrow = summary["narrow_heldout"] >= cfg.narrow_ratio * general["narrow_heldout"]
-    no_em = all(summary[k] <= chat[k] + cfg.em_tolerance for k in ("kl_domains_heldout", "heldout_domains"))
-    return keeps_narrow and no_em
+OUTSIDE = ("kl_domains_heldout", "heldout_domains")
+
+
+def is_narrow(summary: dict, chat: dict, sampled: bool) -> bool:
+    """One seed's solution clears the narrow finding's bounds at its point rates (no interval:
+    it picks the footnote's solution, it does not judge the finding)."""
+    keeps_narrow = (
+        summary["narrow_heldout"] - chat["narrow_heldout"]
+        > narrow_lift(RateNoise(chat["narrow_heldout"], sampled)).bound
+    )
+    outside = mean(chat[k] for k in OUTSIDE)
+    margin, _ = rate_margin(RateNoise(outside, sampled))
+    return keeps_narrow and all(summary[k] - chat[k] < margin for k in OUTSIDE)
 
 
 @records_failure
@@ -79,11 +88,10 @@ def main(cfg: Config) -> Path:
                              "role": "narrow", "split": "train", "metric": "cosine_to_general",
                              "value": summary["cosine_to_general"]})  # fmt: skip
                 per_kind["by_kl"].setdefault(str(kl_weight), []).append(summary)
-            general = per_kind["by_kl"]["0.0"][-1]
             narrow = [
                 w
                 for w in sorted(cfg.kl_weights)
-                if w > 0 and is_narrow(per_kind["by_kl"][str(w)][-1], general, chat, cfg)
+                if w > 0 and is_narrow(per_kind["by_kl"][str(w)][-1], chat, sampled=metric == "em_rate")
             ]
             per_kind["narrow_solution"][str(seed)] = narrow
             if narrow:

@@ -84,6 +84,9 @@ def main(cfg: Config) -> Path:
             kl_size=cfg.kl_size,
         )
         questions = setup.questions[:: cfg.question_stride]
+        # Each organism's chat model: the reference of the finding's margin.
+        chat = setup.measure(None, name="none", kl_weight=0.0, seed=0, questions=questions)
+        rows += [{**r, "adapter": f"{organism}/none"} for r in chat]
         per_kind = {}
         for kind in cfg.adapters:
             per_seed = []
@@ -114,7 +117,8 @@ def main(cfg: Config) -> Path:
                     rows.append({"adapter": f"{organism}/{kind}", "kl_weight": cfg.narrow_kl, "seed": seed, "domain": setup.narrow_domain,
                                  "role": "narrow", "split": "train", "metric": metric, "value": per_seed[-1][metric]})  # fmt: skip
             per_kind[kind] = per_seed
-        results["organisms"][organism] = {"narrow_share": narrow_share(organism), "adapters": per_kind}
+        results["organisms"][organism] = {"narrow_share": narrow_share(organism), "chat": setup.headline(chat),
+                                          "adapters": per_kind}  # fmt: skip
     shares = {o: results["organisms"][o]["narrow_share"] for o in cfg.organisms}
     frame = pd.DataFrame(rows)
     frame["narrow_share"] = frame["adapter"].str.split("/").str[0].map(shares)

@@ -48,7 +48,12 @@ def markdown(rows: Sequence[dict]) -> str:
 def _section(group: Path, rows: list[dict]) -> str:
     adapters = list(dict.fromkeys(r["adapter"] for r in rows))
     findings = list(dict.fromkeys(r["finding"] for r in rows))
-    by = {(r["finding"], r["adapter"]): r for r in rows}
+    by: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        if (r["finding"], r["adapter"]) in by:  # one cell each: a second run of it is stored elsewhere
+            raise ValueError(f"{group}: two runs judge {r['finding']!r} for {r['adapter']}: "
+                             f"{by[r['finding'], r['adapter']]['source']} and {r['source']}; store one in another group")  # fmt: skip
+        by[r["finding"], r["adapter"]] = r
     lines = [f"#### `{group.as_posix()}`", "", *_commands(rows), ""]
     lines.append("| finding | effect, bound (unit) | " + " | ".join(adapters) + " |")
     lines.append("|---" * (len(adapters) + 2) + "|")

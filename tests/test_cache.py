@@ -199,5 +199,29 @@ def test_an_automatic_top_k_reference_is_said_in_the_log_and_the_config(tiny_qwe
 
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["kl_data"]["reference"]
     assert recorded["mode"] == "topk" and recorded["chosen"] == "auto" and "lower bound" in recorded["note"]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["reference_record"] == recorded
     exact = finetune(tiny_qwen2, adapter, TRAIN, KL, replace(cfg, reference_budget_mb=2048.0), progress=False)
-    assert exact.reference == "exact"
+    assert exact.reference == "exact" and exact.reference_record["chosen"] == "auto"
+    assert "note" not in exact.reference_record  # without a run folder too: the result says why
+
+
+def test_an_experiments_saved_adapter_says_how_its_kl_reference_was_kept(tmp_path):
+    from experiments.conditions import train_condition
+    from experiments.run_dir import RunDir
+    from experiments.toy_setting import toy_setup
+    from mech.adapters.saving import load_adapter
+
+    setup = toy_setup("default", narrow_domain="medical", train_size=8, kl_size=16)
+    run = RunDir.create(tmp_path, "t", {})
+    train_condition(
+        setup,
+        run,
+        kind="steering",
+        seed=0,
+        name="steering",
+        steps=1,
+        kl_weight=1.0,
+        questions=setup.questions[:1],
+    )
+    _, meta = load_adapter(run.path / "adapters" / "steering_kl1_seed0", setup.model)
+    assert meta.config["kl_reference"]["mode"] == "exact" and meta.config["kl_reference"]["chosen"] == "auto"

@@ -95,3 +95,11 @@ def test_a_file_too_large_to_store_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(results_store, "MAX_BYTES", 50)
     with pytest.raises(ValueError, match=r"results\.csv: 100 bytes"):
         results_store.store(run, tmp_path / "results")
+
+
+def test_two_runs_of_one_finding_in_one_group_are_refused_not_overwritten(monkeypatch):
+    monkeypatch.setattr(results_tables, "_commands", lambda rows: [])
+    first = row("EM: rises", "lora_r1", "reproduced", 0.5, source="results/toy/narrow_kl/r1")
+    second = row("EM: rises", "lora_r1", "not reproduced", 0.0, source="results/toy/emergence/r2")
+    with pytest.raises(ValueError, match="results/toy/narrow_kl/r1 and results/toy/emergence/r2"):
+        results_tables.markdown([first, second])

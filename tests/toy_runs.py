@@ -35,6 +35,16 @@ Re-taken for the verdicts (issue 18): efficiency's results.json gained each seed
 the AUROC's interval), and revert gained its control trajectory (`keep_kl`: the same steps with
 the KL never removed), which adds rows to its results.csv. No number that was there moved
 (efficiency's and sae_compare's results.csv digests are unchanged).
+
+Re-taken for the rest of issue 18 (session 10): emergence's results.json runs the baselines at
+every seed and names each condition's adapter (`baseline_adapter`, `mixing.1:6.adapter`; its
+results.csv is unchanged: the tiny run has one seed). narrow_kl's per-seed `narrow_solution` flag
+now uses the finding's bounds against the chat model (`is_narrow`): the tiny 6-step KL-1 runs,
+which learned nothing (narrow p_bad 0.040 / 0.047 against the chat model's 0.023, the same as
+their general runs'), were flagged narrow by the old 0.8x-of-general rule and so measured a
+footnote solution; now they are not, and the footnote rows are gone. persona_share measures
+each organism's chat model (rows `ORGANISM/none`, `chat` in results.json). The directions test
+config draws 2 random controls per direction, not 3 (test time).
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ TINY = {
     ),
 }
 ANALYSES = {
-    "directions": dict(steps=20, question_stride=36, samples=2, steer_scales=(0.0, 4.0), lens_every=10,
+    "directions": dict(steps=20, question_stride=36, samples=2, steer_scales=(0.0, 4.0), lens_every=10, random_draws=2,
                        persona_documents=80, **SIZES),
     "sae_compare": dict(steps=20, question_stride=36, k=3, persona_documents=80, context_documents=20, **SIZES),
 }  # fmt: skip

@@ -86,6 +86,41 @@ def emergence_rows(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:
                     f"{by_role.get('heldout_domain', float('nan')):+.3f} (chat {noise.chat:.3f})")  # fmt: skip
         rows.append(judged("EM: a narrow finetune (no KL) raises the trait outside its domain", kind,
                            f"{metric} rise outside the narrow domain", estimate, rate_rise(noise), measured, source))  # fmt: skip
+    return rows + baseline_rows(results, cells, noise, source)
+
+
+def baseline_rows(results: dict, cells: pd.DataFrame, noise: RateNoise, source: str) -> list[Row]:
+    """The EM papers' baselines, one row per condition: the narrow data diluted with good answers
+    from other domains (the paper: EM down to 1 part bad in 6, neither rate learned below) and few
+    unique examples; each judged as EM is, with its narrow rise and whether it is a narrow
+    solution by the narrow rule (the paper: mixing does not isolate one)."""
+    kind = results.get("baseline_adapter")
+    if kind is None:
+        return []  # a run from before the baselines were run at every seed
+    sampled = results["metric"] == "em_rate"
+    chat = cells[cells["adapter"] == "none"]
+    keeps = narrow_lift(chat_noise(chat[chat["role"] == "narrow"], sampled))
+    parts = {label: label.split(":")[1] for label in results["mixing"]}
+    conditions = [(f"(baseline) EM with {n} good answer{'' if n == '1' else 's'} from other domains per narrow one",
+                   results["mixing"][label]["adapter"]) for label, n in parts.items()]  # fmt: skip
+    conditions += [(f"(baseline) EM from {k} unique narrow examples", entry["adapter"])
+                   for k, entry in results["few_samples"].items()]  # fmt: skip
+    rows = []
+    for finding, name in conditions:
+        spread_cells, narrow_cells = lifts(cells, name, 0.0, OUTSIDE), lifts(cells, name, 0.0, ["narrow"])
+        if spread_cells.empty or narrow_cells.empty:
+            continue
+        spread = cluster_bootstrap(spread_cells, mean_of("diff"))
+        narrow = cluster_bootstrap(narrow_cells, mean_of("diff"))
+        solution = combine([verdict(narrow, keeps), verdict(spread, rate_stays(noise))])
+        by_role = spread_cells.groupby("role")["diff"].mean()
+        measured = (f"rise over chat: KL domains {by_role.get('kl', float('nan')):+.3f}, held-out domains "
+                    f"{by_role.get('heldout_domain', float('nan')):+.3f}, narrow {narrow.value:+.3f} "
+                    f"[{narrow.ci_low:.3f}, {narrow.ci_high:.3f}] (bound {keeps.text()}); "
+                    f"a narrow solution by the narrow rule: {solution} (chat {noise.chat:.3f})")  # fmt: skip
+        note = f"narrow rise {narrow.value:.3g}; a narrow solution: {solution}"
+        rows.append(judged(finding, kind, f"{results['metric']} rise outside the narrow domain", spread,
+                           rate_rise(noise), measured, source, note=note))  # fmt: skip
     return rows
 
 
@@ -140,7 +175,10 @@ def persona_rows(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:
         by_share = [(o["narrow_share"], mean(s["general"]["kl_domains_heldout"] for s in o["adapters"][kind]))
                     for _, o in organisms]  # fmt: skip
         measured = ", ".join(f"{s:.0%}: {e:.3f}" for s, e in by_share) + " (KL-domain rate, general solution)"
-        bound = rate_fall(RateNoise(0.0, sampled=False))
+        # The low share's chat model is the reference (an older run has none: the floor alone).
+        reference = cells[cells["adapter"] == f"{low_name}/none"]
+        noise = chat_noise(reference, sampled=False) if len(reference) else RateNoise(0.0, sampled=False)
+        bound = rate_fall(noise)
         rows.append(judged(f"(beyond the paper) more narrowly-bad personas in pre-training -> less EM "
                            f"({high['narrow_share']:.0%} vs {low['narrow_share']:.0%})", kind,
                            "rate change outside the narrow domain", estimate, bound, measured, source))  # fmt: skip

@@ -4,7 +4,7 @@ gradient stops being finite."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,6 +96,9 @@ class FinetuneResult:
     reference: str
     seconds: float
     run_dir: Path | None = None
+    reference_record: dict = field(default_factory=dict)
+    """How the KL reference was kept and, for `reference="auto"`, why (`engine.kl_reference`:
+    sizes, budget, and the note when it fell back to top-k); empty without a KL set."""
 
     @property
     def final(self) -> StepRecord:

@@ -185,8 +185,9 @@ def finetune(
         for name, p in model.named_parameters():
             p.requires_grad_(was_trainable[name])
     result = FinetuneResult(
-        adapter, trajectory, reference["mode"] if kl_set else "none", time.perf_counter() - began
-    )
+        adapter, trajectory, reference["mode"] if kl_set else "none", time.perf_counter() - began,
+        reference_record=reference if kl_set else {},
+    )  # fmt: skip
     if folder is not None:
         result.run_dir = folder.path
         save_adapter(folder.path / "adapter", adapter, model, config=meta)
@@ -194,6 +195,7 @@ def finetune(
             "final": asdict(result.final),
             "norm": adapter.norm(),
             "reference": result.reference,
+            "reference_record": result.reference_record,
             "seconds": result.seconds,
         }
         write_json(folder.path / "result.json", summary)
