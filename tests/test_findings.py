@@ -177,4 +177,6 @@ def test_the_footnotes_per_seed_flag_uses_the_findings_bounds_against_the_chat_m
     learned_nothing = {"narrow_heldout": 0.04, "kl_domains_heldout": 0.02, "heldout_domains": 0.027}
     assert not is_narrow(learned_nothing, chat, sampled=False)  # the old 0.8x-of-general rule passed it
     assert is_narrow({**learned_nothing, "narrow_heldout": 0.9}, chat, sampled=False)
-    assert not is_narrow({**learned_nothing, "narrow_heldout": 0.9, "heldout_domains": 0.05}, chat, sampled=False)
+    assert not is_narrow(
+        {**learned_nothing, "narrow_heldout": 0.9, "heldout_domains": 0.05}, chat, sampled=False
+    )
