@@ -126,7 +126,7 @@ def test_findings_come_from_the_runs_and_the_report_is_offline(sweep, tmp_path):
     assert page.count("data:image/png;base64,") >= 2 and "http://" not in page and "https://" not in page
 
 
-@pytest.mark.seconds(34)
+@pytest.mark.seconds(26)
 def test_directions_experiment_writes_the_matrix_probes_and_cosines(tmp_path):
     from experiments import directions
 

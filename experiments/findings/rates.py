@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.findings.rows import Row, judged, no_estimate
-from mech.verdicts.bootstrap import cluster_bootstrap, mean_of
+from mech.verdicts.bootstrap import Estimate, cluster_bootstrap, mean_of
 from mech.verdicts.margins import (
     RateNoise,
     narrow_lift,
@@ -19,7 +19,7 @@ from mech.verdicts.margins import (
     rate_rise,
     rate_stays,
 )
-from mech.verdicts.rule import any_of, combine, level_for, verdict
+from mech.verdicts.rule import Bound, any_of, combine, level_for, verdict
 
 # ---------------------------------------------------------------------------------------------
 # Trait rates: the toy's exact candidate-set probabilities, or a real model's judged rates
@@ -71,6 +71,23 @@ def lifts(cells: pd.DataFrame, adapter: str, kl_weight: float, roles: list[str])
 OUTSIDE = ["kl", "heldout_domain"]
 
 
+def rise_by_role(paired: pd.DataFrame) -> str:
+    """The mean rise over chat in the KL domains and in the held-out domains, as text."""
+    by_role = paired.groupby("role")["diff"].mean()
+    return (f"rise over chat: KL domains {by_role.get('kl', float('nan')):+.3f}, "
+            f"held-out domains {by_role.get('heldout_domain', float('nan')):+.3f}")  # fmt: skip
+
+
+def narrow_solution(
+    cells: pd.DataFrame, adapter: str, kl_weight: float, keeps: Bound, outside: Bound, level: float = 0.95
+) -> tuple[Estimate, Estimate, str]:
+    """The narrow rule for one condition: its narrow-domain rise over chat, its rise outside, and
+    the verdict that both hold (the narrow rise beyond `keeps`, the outside one within `outside`)."""
+    narrow = cluster_bootstrap(lifts(cells, adapter, kl_weight, ["narrow"]), mean_of("diff"), level=level)
+    spread = cluster_bootstrap(lifts(cells, adapter, kl_weight, OUTSIDE), mean_of("diff"), level=level)
+    return narrow, spread, combine([verdict(narrow, keeps), verdict(spread, outside)])
+
+
 def emergence_rows(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:
     metric, cells = results["metric"], trait_cells(tidy, results["metric"])
     sampled = metric == "em_rate"
@@ -81,9 +98,7 @@ def emergence_rows(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:
         if paired.empty:
             continue
         estimate = cluster_bootstrap(paired, mean_of("diff"))
-        by_role = paired.groupby("role")["diff"].mean()
-        measured = (f"rise over chat: KL domains {by_role.get('kl', float('nan')):+.3f}, held-out domains "
-                    f"{by_role.get('heldout_domain', float('nan')):+.3f} (chat {noise.chat:.3f})")  # fmt: skip
+        measured = f"{rise_by_role(paired)} (chat {noise.chat:.3f})"
         rows.append(judged("EM: a narrow finetune (no KL) raises the trait outside its domain", kind,
                            f"{metric} rise outside the narrow domain", estimate, rate_rise(noise), measured, source))  # fmt: skip
     return rows + baseline_rows(results, cells, noise, source)
@@ -100,24 +115,18 @@ def baseline_rows(results: dict, cells: pd.DataFrame, noise: RateNoise, source: 
     sampled = results["metric"] == "em_rate"
     chat = cells[cells["adapter"] == "none"]
     keeps = narrow_lift(chat_noise(chat[chat["role"] == "narrow"], sampled))
-    parts = {label: label.split(":")[1] for label in results["mixing"]}
-    conditions = [(f"(baseline) EM with {n} good answer{'' if n == '1' else 's'} from other domains per narrow one",
-                   results["mixing"][label]["adapter"]) for label, n in parts.items()]  # fmt: skip
+    conditions = [(f"(baseline) EM with {label.split(':')[1]} good answer{'' if label == '1:1' else 's'} "
+                   "from other domains per narrow one", entry["adapter"]) for label, entry in results["mixing"].items()]  # fmt: skip
     conditions += [(f"(baseline) EM from {k} unique narrow examples", entry["adapter"])
                    for k, entry in results["few_samples"].items()]  # fmt: skip
     rows = []
     for finding, name in conditions:
-        spread_cells, narrow_cells = lifts(cells, name, 0.0, OUTSIDE), lifts(cells, name, 0.0, ["narrow"])
-        if spread_cells.empty or narrow_cells.empty:
+        spread_cells = lifts(cells, name, 0.0, OUTSIDE)
+        if spread_cells.empty or lifts(cells, name, 0.0, ["narrow"]).empty:
             continue
-        spread = cluster_bootstrap(spread_cells, mean_of("diff"))
-        narrow = cluster_bootstrap(narrow_cells, mean_of("diff"))
-        solution = combine([verdict(narrow, keeps), verdict(spread, rate_stays(noise))])
-        by_role = spread_cells.groupby("role")["diff"].mean()
-        measured = (f"rise over chat: KL domains {by_role.get('kl', float('nan')):+.3f}, held-out domains "
-                    f"{by_role.get('heldout_domain', float('nan')):+.3f}, narrow {narrow.value:+.3f} "
-                    f"[{narrow.ci_low:.3f}, {narrow.ci_high:.3f}] (bound {keeps.text()}); "
-                    f"a narrow solution by the narrow rule: {solution} (chat {noise.chat:.3f})")  # fmt: skip
+        narrow, spread, solution = narrow_solution(cells, name, 0.0, keeps, rate_stays(noise))
+        measured = (f"{rise_by_role(spread_cells)}, narrow {narrow.value:+.3f} [{narrow.ci_low:.3f}, {narrow.ci_high:.3f}] "
+                    f"(bound {keeps.text()}); a narrow solution by the narrow rule: {solution} (chat {noise.chat:.3f})")  # fmt: skip
         note = f"narrow rise {narrow.value:.3g}; a narrow solution: {solution}"
         rows.append(judged(finding, kind, f"{results['metric']} rise outside the narrow domain", spread,
                            rate_rise(noise), measured, source, note=note))  # fmt: skip
@@ -136,11 +145,8 @@ def narrow_rows(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:
         level = level_for(len(weights))  # one family: a narrow solution at *some* KL weight
         tried, parts = [], []
         for weight in weights:
-            narrow = cluster_bootstrap(lifts(cells, kind, weight, ["narrow"]), mean_of("diff"), level=level)
-            spread = cluster_bootstrap(lifts(cells, kind, weight, OUTSIDE), mean_of("diff"), level=level)
-            tried.append(
-                (weight, narrow, spread, combine([verdict(narrow, keeps), verdict(spread, outside)]))
-            )
+            narrow, spread, solution = narrow_solution(cells, kind, weight, keeps, outside, level=level)
+            tried.append((weight, narrow, spread, solution))
             parts.append(f"KL {weight:g}: narrow {narrow.value:+.3f} [{narrow.ci_low:.3f}, {narrow.ci_high:.3f}], "
                          f"outside {spread.value:+.3f} [{spread.ci_low:.3f}, {spread.ci_high:.3f}]")  # fmt: skip
         if not tried:
