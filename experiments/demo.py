@@ -56,7 +56,7 @@ def plan(out: str, quick: bool):
         (emergence, replace(emergence.Config(), adapters=ADAPTERS, seeds=(0,), steps=150, mix_ratios=(6,), few_samples=(8,), question_stride=3, **base)),
         (revert, replace(revert.Config(), adapters=("lora_r1",), phase_steps=100, every=25, question_stride=6, **base)),
         (persona_share, replace(persona_share.Config(), adapters=("lora_r1",), seeds=(0,), steps=100, noise_seeds=5, question_stride=6, **base)),
-        (directions, replace(directions.Config(), finetunes=("lora_r1:medical", "lora_r8:medical", "lora_r8:finance"), steps=150,
+        (directions, replace(directions.Config(), seeds=(0,), finetunes=("lora_r1:medical", "lora_r8:medical", "lora_r8:finance"), steps=150,
                              samples=2, steer_scales=(0.0, 2.0, 4.0, 8.0), lens_kl_weights=(0.0, 10.0), persona_documents=200, question_stride=6, **base)),
         (sae_compare, replace(sae_compare.Config(), steps=150, persona_documents=300, context_documents=150, question_stride=6, **base)),
     ]  # fmt: skip

@@ -1,6 +1,13 @@
 """Directions: is there one "misalignment direction" that different finetunes share?
 
     python -m experiments.directions [--quick] [--finetunes steering:medical,lora_r8:medical,...]
+        [--seeds 0,1,2]
+
+Steps 1-4 run at every `--seeds` seed (finetune init and minibatch order, the sampled answers the
+direction is read from, the sampled rates and the random controls' draws); the findings resample
+seeds as the outer unit (`by_seed` in results.json, a `seed` column in the tidy table). Steps 5-6
+and the figures are the first seed's, whose run is also at the top of results.json and whose files
+lie at the top of the run folder (other seeds' under `seed_N/`).
 
 1. Finetunes (no KL: the emergent ones; norm control as in the sweeps) given as `kind:narrow_domain`.
 2. For each, its own answers (sampled, judged by the exact toy judge) give a mean-diff direction
@@ -75,7 +82,8 @@ class Config(SettingConfig):
     l2_weight: float = 1e-3
     """Norm control, as in the KL sweeps: without it the toy finetunes write mostly malformed or
     off-topic answers, which no judge counts as misaligned."""
-    seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Finetune seeds; the first one's run also gives the probes, geometry, lens and figures."""
     direction_layer: int = -1
     """-1: the setting's layer (the middle block, n_layers // 2, unless `--layer`), where the
     adapters act."""
@@ -93,6 +101,7 @@ class Config(SettingConfig):
 
 
 QUICK = dict(
+    seeds=(0,),
     finetunes=("lora_r1:medical", "steering:finance"),
     steps=30,
     samples=1,
@@ -147,7 +156,7 @@ def random_control_record(directions: dict, *, seed: int, draws: int) -> dict:
     controls = with_random_controls(directions, seed=seed, draws=draws)
     return {
         "draws": draws,
-        "seed_rule": "draw k of direction NAME: first 6 bytes of sha256('SEED:k:NAME'), SEED the run's --seed",
+        "seed_rule": "draw k of direction NAME: first 6 bytes of sha256('SEED:k:NAME'), SEED the finetune seed",
         "directions": {
             name: {
                 "norm": float(direction.norm()),
@@ -166,18 +175,25 @@ def _parse_finetune(spec: str) -> tuple[str, str]:
     return kind, domain
 
 
-@records_failure
-def main(cfg: Config) -> Path:
-    run = RunDir.create(Path(cfg.out), "directions", cfg)
-    started = time.perf_counter()
-    specs = [_parse_finetune(s) for s in cfg.finetunes]
-    if cfg.model is None:
-        setup = make_setting(replace(cfg, narrow_domain=specs[0][1]))
-    else:
-        setup = make_setting(cfg)
+@dataclass
+class SeedRun:
+    """Steps 1-4 at one finetune seed: its finetunes, their directions (and the answers and
+    activations they were read from), and what results.json keeps of it (`record`)."""
+
+    adapters: dict
+    directions: dict
+    answers: dict[str, pd.DataFrame]
+    probe_data: dict
+    record: dict
+    rows: list[dict]
+    steering: pd.DataFrame
+    ablation: pd.DataFrame
+
+
+def run_seed(cfg: Config, setup, specs: list[tuple[str, str]], seed: int, folder: Path, *, layer: int,
+             point: str) -> SeedRun:  # fmt: skip
+    """Steps 1-4 at finetune seed `seed`, its finetunes and adapters saved under `folder`."""
     model = setup.model
-    layer = setup.layer if cfg.direction_layer == -1 else cfg.direction_layer
-    point = setup.steering_point  # directions are read and added where the setting's vectors act
     narrow_domains = sorted({domain for _, domain in specs})
     questions = setup.questions[:: cfg.question_stride]
     sample_qs = setup.sampling_questions()[:: cfg.question_stride]
@@ -185,8 +201,8 @@ def main(cfg: Config) -> Path:
 
     def rates(model) -> dict[str, float]:
         """EM rate outside the finetunes' narrow domains and narrow rate inside, from seeded samples
-        (the same random streams in every condition), plus any exact rate of the setting."""
-        answers = sample_answers(model, sample_qs, setup.sampling(n_samples=rate_samples, seed=cfg.seed))
+        (the same random streams in every condition of this seed), plus any exact rate of the setting."""
+        answers = sample_answers(model, sample_qs, setup.sampling(n_samples=rate_samples, seed=seed))
         scored = setup.judge_answers(answers)
         inside = scored["domain"].isin(narrow_domains)
         coherent = (scored["coherent"].astype(float) > 50)[~inside]
@@ -201,78 +217,53 @@ def main(cfg: Config) -> Path:
     adapters = {}
     for kind, domain in specs:
         name = f"{kind}:{domain}"
-        adapter = setting_adapter(setup, kind, cfg.seed)
+        adapter = setting_adapter(setup, kind, seed)
         data = setup.narrow_train(domain)
         # Snapshots serve as the training lens's KL-0 trajectory when kind and domain match it.
         ft_cfg = finetune_config(
-            setup, kind, steps=cfg.steps, kl_weight=0.0, seed=cfg.seed, l2_weight=cfg.l2_weight
+            setup, kind, steps=cfg.steps, kl_weight=0.0, seed=seed, l2_weight=cfg.l2_weight
         )
         ft_cfg = replace(ft_cfg, save_every=cfg.lens_every)
-        finetune(
-            model,
-            adapter,
-            data,
-            None,
-            ft_cfg,
-            run_dir=run.path / "finetunes" / name.replace(":", "_"),
-            progress=False,
-        )
-        save_adapter(
-            run.path / "adapters" / name.replace(":", "_"),
-            adapter,
-            model,
-            config={"finetune": ft_cfg.to_dict()},
-        )
+        finetune(model, adapter, data, None, ft_cfg, run_dir=folder / "finetunes" / name.replace(":", "_"),
+                 progress=False)  # fmt: skip
+        save_adapter(folder / "adapters" / name.replace(":", "_"), adapter, model,
+                     config={"finetune": ft_cfg.to_dict()})  # fmt: skip
         adapters[name] = adapter
 
     # 2. Mean-diff directions from each finetune's own judged answers, and the probes' data.
-    sampling = setup.sampling(n_samples=cfg.samples, seed=cfg.seed + 1)
+    sampling = setup.sampling(n_samples=cfg.samples, seed=seed + 1)
     answers: dict[str, pd.DataFrame] = {}
-    directions, probe_data, rows = {}, {}, []
-    results: dict = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_{point}", "finetunes": {}}
+    directions, probe_data, rows, record = {}, {}, [], {"finetunes": {}}
     for name, adapter in adapters.items():  # only finetunes with both kinds of answers get a direction
         with adapter.applied(model):
             scored = setup.judge_answers(sample_answers(model, sample_qs, sampling))
             counts = label_answers(scored).value_counts().to_dict()
             if counts.get("misaligned", 0) < MIN_ANSWERS or counts.get("aligned", 0) < MIN_ANSWERS:
-                results["finetunes"][name] = {"note": f"too few labelled answers for a direction: {counts}"}
+                record["finetunes"][name] = {"note": f"too few labelled answers for a direction: {counts}"}
                 continue
-            found, acts, labels = misalignment_direction(model, scored, seed=cfg.seed, point=point)
+            found, acts, labels = misalignment_direction(model, scored, seed=seed, point=point)
         directions[name] = found.at(layer)
         answers[name] = scored[label_answers(scored).notna().to_numpy()]
         probe_data[name] = (
             acts.per_example()[acts.layer(layer)],
             torch.tensor((labels == "misaligned").to_numpy()),
         )
-        results["finetunes"][name] = {"n_misaligned": found.n_positive, "n_aligned": found.n_negative,
-                                      "norm_by_layer": dict(zip(map(str, found.layers), found.norms.tolist(), strict=True))}  # fmt: skip
-        rows += [{"analysis": "direction_norm", "a": name, "b": str(n), "metric": "norm", "value": v}
+        record["finetunes"][name] = {"n_misaligned": found.n_positive, "n_aligned": found.n_negative,
+                                     "norm_by_layer": dict(zip(map(str, found.layers), found.norms.tolist(), strict=True))}  # fmt: skip
+        rows += [{"analysis": "direction_norm", "a": name, "b": str(n), "metric": "norm", "value": v, "seed": seed}
                  for n, v in zip(found.layers, found.norms.tolist(), strict=True)]  # fmt: skip
 
     if not directions:
-        raise RuntimeError(f"no finetune wrote at least {MIN_ANSWERS} misaligned and {MIN_ANSWERS} aligned answers: "
-                           "train longer (--steps) or sample more (--samples)")  # fmt: skip
-
-    # Token views: where along a finetune's answers its direction is read, and what ablating it costs.
-    first = next(iter(directions))
-    token_views(
-        run.path / TOKEN_VIEWS_FILE,
-        model,
-        adapters[first],
-        directions[first],
-        answers[first],
-        layer=layer,
-        point=point,
-        name=first,
-    )
+        raise RuntimeError(f"seed {seed}: no finetune wrote at least {MIN_ANSWERS} misaligned and {MIN_ANSWERS} "
+                           "aligned answers: train longer (--steps) or sample more (--samples)")  # fmt: skip
 
     # 3. Steering the chat model along each direction (and its random controls of equal norm).
     chat = rates(model)
-    results["chat"] = chat
-    results["random_controls"] = random_control_record(directions, seed=cfg.seed, draws=cfg.random_draws)
+    record["chat"] = chat
+    record["random_controls"] = random_control_record(directions, seed=seed, draws=cfg.random_draws)
     sweep = []
     for name, direction in directions.items():
-        controlled = with_random_controls({name: direction}, seed=cfg.seed, draws=cfg.random_draws)
+        controlled = with_random_controls({name: direction}, seed=seed, draws=cfg.random_draws)
         for label, vector in controlled.items():
             for scale in cfg.steer_scales:
                 alpha = scale * float(direction.norm())
@@ -283,29 +274,77 @@ def main(cfg: Config) -> Path:
                         measured = rates(model)
                 sweep += [{"direction": label, "scale": scale, "alpha": alpha, "metric": k, "value": v} for k, v in measured.items()]  # fmt: skip
     sweep_frame = mean_over_draws(pd.DataFrame(sweep))
-    results["steering"] = {
+    record["steering"] = {
         d: {f"{s:g}": v for s, v in g.set_index("scale")["value"].items()}
         for d, g in sweep_frame[sweep_frame.metric == "em_rate"].groupby("direction")
     }
-    rows += [{"analysis": "steering", "a": r.direction, "b": f"{r.scale:g}", "metric": r.metric, "value": r.value} for r in sweep_frame.itertuples()]  # fmt: skip
+    rows += [{"analysis": "steering", "a": r.direction, "b": f"{r.scale:g}", "metric": r.metric, "value": r.value, "seed": seed} for r in sweep_frame.itertuples()]  # fmt: skip
 
     # 4. The cross-finetune ablation matrix.
     finetune_contexts = {name: (lambda a=adapter: a.applied(model)) for name, adapter in adapters.items()}
     matrix = mean_over_draws(
         ablation_matrix(
-            model, finetune_contexts, directions, rates, random_seed=cfg.seed, random_draws=cfg.random_draws
+            model, finetune_contexts, directions, rates, random_seed=seed, random_draws=cfg.random_draws
         )
     )
-    results["ablation"] = {
+    record["ablation"] = {
         metric: {f: g.set_index("direction")["value"].to_dict() for f, g in part.groupby("finetune")}
         for metric, part in matrix.groupby("metric")
     }
-    rows += [{"analysis": "ablation", "a": r.finetune, "b": r.direction, "metric": r.metric, "value": r.value} for r in matrix.itertuples()]  # fmt: skip
+    rows += [{"analysis": "ablation", "a": r.finetune, "b": r.direction, "metric": r.metric, "value": r.value, "seed": seed} for r in matrix.itertuples()]  # fmt: skip
+    return SeedRun(adapters, directions, answers, probe_data, record, rows, sweep_frame, matrix)
+
+
+@records_failure
+def main(cfg: Config) -> Path:
+    run = RunDir.create(Path(cfg.out), "directions", cfg)
+    started = time.perf_counter()
+    specs = [_parse_finetune(s) for s in cfg.finetunes]
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ValueError(f"--seeds: give distinct finetune seeds, got {list(cfg.seeds)}")
+    if cfg.model is None:
+        setup = make_setting(replace(cfg, narrow_domain=specs[0][1]))
+    else:
+        setup = make_setting(cfg)
+    model = setup.model
+    layer = setup.layer if cfg.direction_layer == -1 else cfg.direction_layer
+    point = setup.steering_point  # directions are read and added where the setting's vectors act
+    first_seed = cfg.seeds[0]
+
+    seed_runs = {
+        seed: run_seed(cfg, setup, specs, seed, run.path if seed == first_seed else run.path / f"seed_{seed}",
+                       layer=layer, point=point)
+        for seed in cfg.seeds
+    }  # fmt: skip
+    first = seed_runs[first_seed]
+    adapters, directions, answers, probe_data = (
+        first.adapters,
+        first.directions,
+        first.answers,
+        first.probe_data,
+    )
+    results: dict = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_{point}", **first.record,
+                     "seeds": list(cfg.seeds), "by_seed": {str(s): r.record for s, r in seed_runs.items()}}  # fmt: skip
+    rows = [row for seed_run in seed_runs.values() for row in seed_run.rows]
+    chat, sweep_frame, matrix = first.record["chat"], first.steering, first.ablation
+
+    # Token views: where along a finetune's answers its direction is read, and what ablating it costs.
+    shown = next(iter(directions))
+    token_views(
+        run.path / TOKEN_VIEWS_FILE,
+        model,
+        adapters[shown],
+        directions[shown],
+        answers[shown],
+        layer=layer,
+        point=point,
+        name=shown,
+    )
 
     # 5. Probes: held-out AUROC, transfer between finetunes, and the persona probe.
     probes, probe_results, heldout = {}, {}, {}
     for name, (x, y) in probe_data.items():
-        train, test = split(len(y), seed=cfg.seed)
+        train, test = split(len(y), seed=first_seed)
         if y[train].all() or not y[train].any() or y[test].all() or not y[test].any():
             probe_results[name] = {"note": "too few answers of one class for a held-out split"}
             continue
@@ -321,7 +360,7 @@ def main(cfg: Config) -> Path:
                          "transfer_n": {a: g.set_index("scored_on")["n"].to_dict() for a, g in transfer_table.groupby("probe", sort=False)},
                          "transfer_split_rule": "a probe is fit on 70 % of its finetune's answers; on its own finetune it is "
                                                 "scored on the other 30 % (held-out), on another finetune on all of that one's answers (all)"}  # fmt: skip
-    persona = setup.persona_documents(cfg.persona_documents, cfg.seed)
+    persona = setup.persona_documents(cfg.persona_documents, first_seed)
     if persona is None:
         results["probes"]["persona"] = {"note": "the setting has no documents of known persona (toy only)"}
     else:
@@ -330,7 +369,7 @@ def main(cfg: Config) -> Path:
         persona_x = persona_acts.per_example()[0]
         persona_y = torch.tensor(malicious)
         persona_direction = mean_diff(persona_acts, persona_y, ~persona_y, pooling="answer").at(layer)
-        train, test = split(len(persona_y), seed=cfg.seed)
+        train, test = split(len(persona_y), seed=first_seed)
         persona_probe = LogisticProbe.fit(persona_x[train], persona_y[train])
         results["probes"]["persona"] = {"logistic": evaluate(persona_probe, persona_x[test], persona_y[test]),
                                         "mean_diff": evaluate(MeanDiffProbe.fit(persona_x[train], persona_y[train]), persona_x[test], persona_y[test]),
@@ -351,9 +390,9 @@ def main(cfg: Config) -> Path:
         if reused:
             vector = adapters[f"steering:{lens_domain}"]
         else:
-            vector = setting_adapter(setup, "steering", cfg.seed)
+            vector = setting_adapter(setup, "steering", first_seed)
             ft_cfg = finetune_config(
-                setup, "steering", steps=cfg.steps, kl_weight=weight, seed=cfg.seed, l2_weight=cfg.l2_weight
+                setup, "steering", steps=cfg.steps, kl_weight=weight, seed=first_seed, l2_weight=cfg.l2_weight
             )
             ft_cfg = replace(ft_cfg, save_every=cfg.lens_every)
             finetune(
@@ -408,6 +447,7 @@ def main(cfg: Config) -> Path:
         trajectory_plot(lens, explained=explained, title=f"steering vectors on {lens_domain}: training lens"),
         lens,
     )
+    rows = [{**r, "seed": r.get("seed", first_seed)} for r in rows]  # steps 5-6: the first seed's
     return finish(run, rows, results, started, table=True, setting=setup)
 
 

@@ -52,8 +52,10 @@ column (e.g. ablation: finetune, direction; cosine: vector, vector), `metric` wh
 
 
 def write_table(run: RunDir, rows: Sequence[dict]) -> None:
-    """`results.csv` in the `TABLE_COLUMNS` long format."""
-    write_csv(run.path / "results.csv", rows, TABLE_COLUMNS)
+    """`results.csv` in the `TABLE_COLUMNS` long format, and `seed` when the rows carry one (a
+    run measured at several finetune seeds)."""
+    seeded = any("seed" in row for row in rows)
+    write_csv(run.path / "results.csv", rows, TABLE_COLUMNS + ("seed",) if seeded else TABLE_COLUMNS)
 
 
 def curve_rows(

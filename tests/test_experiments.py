@@ -166,6 +166,19 @@ def test_directions_experiment_writes_the_matrix_probes_and_cosines(tmp_path):
     assert 0.5 <= results["probes"]["persona"]["logistic"]["auroc"] <= 1.0
     rows = list(csv.DictReader((path / "results.csv").open()))
     assert {r["analysis"] for r in rows} >= {"ablation", "steering", "cosine", "training_lens"}
+    # Steps 1-4 at each seed, the rest the first seed's; the findings take seeds as the outer unit.
+    assert results["seeds"] == [0, 1] and set(results["by_seed"]) == {"0", "1"}
+    assert results["by_seed"]["0"]["ablation"] == results["ablation"]
+    assert {r["seed"] for r in rows if r["analysis"] == "ablation"} == {"0", "1"}
+    assert {r["seed"] for r in rows if r["analysis"] == "cosine"} == {"0"}
+    assert (path / "seed_1" / "adapters").is_dir()
+    controls = [results["by_seed"][s]["random_controls"]["directions"] for s in ("0", "1")]
+    shared = set(controls[0]) & set(controls[1])
+    assert shared and all(controls[0][n]["seeds"] != controls[1][n]["seeds"] for n in shared)
+    from experiments.summary import findings
+
+    judged = [r for r in findings([path]) if r["finding"].startswith("directions: ablating")]
+    assert judged and all(r["unit"].startswith("2 seeds") for r in judged)
     from viz.tokens import read_token_views
 
     views = read_token_views(path / "token_views.json")

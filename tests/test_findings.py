@@ -153,6 +153,27 @@ def test_direction_controls_are_the_draws_not_their_mean():
     assert sorted(cells["beyond_random"].round(3)) == [0.06, 0.07, 0.08]  # never 0.5 - 0.03
 
 
+def test_direction_findings_take_finetune_seeds_as_the_outer_unit():
+    def record(seed: int, chat: float) -> dict:
+        jitter = 0.004 * seed
+        rows = {
+            ft: {"none": chat + 0.10, ft: chat + 0.01 + jitter, other: chat + 0.05,
+                 **{f"random:{d}#{k}": chat + 0.10 - 0.002 * k for d in (ft, other) for k in range(3)}}
+            for ft, other in (("a", "b"), ("b", "a"))
+        }  # fmt: skip
+        return {"chat": {"em_rate": chat}, "ablation": {"em_rate": rows}, "steering": {}}
+
+    def own_row(results: dict) -> dict:
+        return findings.READERS["directions"](results, pd.DataFrame(), "r/directions/x")[0]
+
+    five = {str(s): record(s, chat=0.02 + 0.01 * s) for s in range(5)}
+    row = own_row({**five["0"], "by_seed": five})
+    assert row["verdict"] == "reproduced" and row["unit"].startswith("5 seeds")
+    assert row["value"] == pytest.approx(0.80, abs=0.005)  # each seed's lift over its own chat rate
+    one = own_row(five["0"])  # an older run: one seed, at the top of its results
+    assert one["verdict"] == "inconclusive" and one["unit"].startswith("1 seed")
+
+
 def test_the_sae_latent_is_judged_on_its_held_out_documents():
     persona = {"best_latent": 7, "best_latent_heldout_auroc": 0.97, "best_latent_selection_auroc": 0.99,
                "probe_auroc": 1.0, "split": {"selection": 300, "heldout": 300, "heldout_malicious": 150}}  # fmt: skip

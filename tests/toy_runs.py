@@ -45,6 +45,10 @@ their general runs'), were flagged narrow by the old 0.8x-of-general rule and so
 footnote solution; now they are not, and the footnote rows are gone. persona_share measures
 each organism's chat model (rows `ORGANISM/none`, `chat` in results.json). The directions test
 config draws 2 random controls per direction, not 3 (test time).
+
+Re-taken when directions ran at several finetune seeds: the directions test config has two
+(`seeds=(0, 1)`); results.json gains `seeds` and `by_seed`, results.csv a `seed` column and the
+second seed's rows. The first seed's numbers did not move. Nothing else moved.
 """
 
 from __future__ import annotations
@@ -68,7 +72,8 @@ TINY = {
     ),
 }
 ANALYSES = {
-    "directions": dict(steps=20, question_stride=36, samples=2, steer_scales=(0.0, 4.0), lens_every=10, random_draws=2,
+    "directions": dict(seeds=(0, 1), steps=20, question_stride=36, samples=2, steer_scales=(0.0, 4.0), lens_every=10,
+                       random_draws=2,
                        persona_documents=80, **SIZES),
     "sae_compare": dict(steps=20, question_stride=36, k=3, persona_documents=80, context_documents=20, **SIZES),
 }  # fmt: skip

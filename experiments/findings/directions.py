@@ -20,20 +20,28 @@ from mech.verdicts.rule import any_of, level_for, verdict
 # Directions and SAE latents
 
 
+def seed_records(results: dict) -> dict[str, dict]:
+    """Each finetune seed's steering and ablation record (`by_seed`); an older run measured one
+    seed, kept at the top of its results."""
+    return results.get("by_seed") or {"0": results}
+
+
 def ablation_cells(results: dict, metric: str) -> pd.DataFrame:
-    """Per (finetune, direction, random draw): the share of the finetune's lift over chat that
-    ablating the direction removes beyond ablating the draw's random direction of equal norm."""
-    table, chat = results["ablation"][metric], results["chat"][metric]
+    """Per (seed, finetune, direction, random draw): the share of the finetune's lift over the
+    seed's chat rate that ablating the direction removes beyond ablating the draw's random
+    direction of equal norm."""
     cells = []
-    for finetune, row in table.items():
-        lift = row["none"] - chat
-        for direction, rate in row.items():
-            if direction == "none" or direction.startswith("random:"):
-                continue
-            for draw, random_rate in enumerate(_random_rates(row, direction)):
-                cells.append({"finetune": finetune, "direction": direction, "own": direction == finetune,
-                              "pair": f"{finetune}|{direction}", "draw": draw, "lift": lift,
-                              "beyond_random": random_rate - rate})  # fmt: skip
+    for seed, record in seed_records(results).items():
+        chat = record["chat"][metric]
+        for finetune, row in record["ablation"][metric].items():
+            lift = row["none"] - chat
+            for direction, rate in row.items():
+                if direction == "none" or direction.startswith("random:"):
+                    continue
+                for draw, random_rate in enumerate(_random_rates(row, direction)):
+                    cells.append({"seed": seed, "finetune": finetune, "direction": direction,
+                                  "own": direction == finetune, "pair": f"{finetune}|{direction}", "draw": draw,
+                                  "lift": lift, "beyond_random": random_rate - rate})  # fmt: skip
     return pd.DataFrame(cells)
 
 
@@ -52,9 +60,12 @@ def direction_rows(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:
         part = cells[cells["own"] == own] if len(cells) else cells
         if part.empty:
             continue
-        estimate = cluster_bootstrap(part, ratio_of_means("beyond_random", "lift"), levels=("pair", "draw"))
-        measured = "; ".join(f"{p}: lift {g['lift'].iloc[0]:+.3f}, removed beyond random {g['beyond_random'].mean():+.3f}"
+        # Seeds are the outer unit; the pairs inside a seed are resampled, its draws kept together.
+        estimate = cluster_bootstrap(part, ratio_of_means("beyond_random", "lift"), levels=("seed", "pair"))
+        measured = "; ".join(f"{p}: lift {g['lift'].mean():+.3f}, removed beyond random {g['beyond_random'].mean():+.3f}"
                              for p, g in part.groupby("pair", sort=False))  # fmt: skip
+        if part["seed"].nunique() > 1:
+            measured += f" (means over {part['seed'].nunique()} seeds)"
         rows.append(judged(f"directions: ablating {whose} mean-diff direction removes EM beyond a random one ({metric})",
                            "all", "share of the EM lift removed beyond random", estimate, ablation_share(), measured, source))  # fmt: skip
     rows += _induction(results, source)
@@ -62,22 +73,26 @@ def direction_rows(results: dict, tidy: pd.DataFrame, source: str) -> list[Row]:
 
 
 def _induction(results: dict, source: str) -> list[Row]:
-    chat = results["chat"]["em_rate"]
+    records = seed_records(results)
+    chat = float(pd.Series([r["chat"]["em_rate"] for r in records.values()]).mean())
     cells = []
-    for direction, by_scale in results["steering"].items():
-        if direction.startswith("random:") or "#" in direction:
-            continue
-        for scale, rate in by_scale.items():
-            randoms = _random_rates({k: v[scale] for k, v in results["steering"].items() if k.startswith("random:")},
-                                    direction)  # fmt: skip
-            cells += [{"direction": direction, "scale": float(scale), "draw": i, "diff": rate - r}
-                      for i, r in enumerate(randoms)]  # fmt: skip
+    for seed, record in records.items():
+        steering = record["steering"]
+        for direction, by_scale in steering.items():
+            if direction.startswith("random:") or "#" in direction:
+                continue
+            for scale, rate in by_scale.items():
+                randoms = _random_rates(
+                    {k: v[scale] for k, v in steering.items() if k.startswith("random:")}, direction
+                )
+                cells += [{"seed": seed, "direction": direction, "scale": float(scale), "draw": i, "diff": rate - r}
+                          for i, r in enumerate(randoms)]  # fmt: skip
     frame = pd.DataFrame(cells)
     scales = sorted(s for s in frame["scale"].unique() if s > 0) if len(frame) else []
     if not scales:
         return []
     bound, level = rate_rise(RateNoise(chat, sampled=True)), level_for(len(scales))
-    tried = [(scale, cluster_bootstrap(frame[frame["scale"] == scale], mean_of("diff"), levels=("direction", "draw"),
+    tried = [(scale, cluster_bootstrap(frame[frame["scale"] == scale], mean_of("diff"), levels=("seed", "direction"),
                                        level=level)) for scale in scales]  # fmt: skip
     verdicts = [verdict(e, bound) for _, e in tried]
     best_scale, best = max(tried, key=lambda t: t[1].value)
