@@ -11,7 +11,7 @@ import sys
 from dataclasses import replace
 
 import pytest
-from toy_runs import ANALYSES, GOLDEN, TINY, digest, run
+from toy_runs import ANALYSES, TINY, accepted, digest, run
 
 from experiments.outputs import COLUMNS
 
@@ -22,7 +22,9 @@ def assert_bit_identical(name: str, path) -> None:
     import torch
 
     if torch.get_num_threads() == 1:
-        assert digest(path) == json.loads(GOLDEN.read_text())[name], f"{name}: the toy's results moved"
+        assert digest(path) in accepted(name), (
+            f"{name}: the toy's results moved (digests are per platform: tests/toy_runs.py)"
+        )
 
 
 def _run(name: str, tmp_path, *args: str):

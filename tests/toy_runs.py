@@ -2,7 +2,17 @@
 experiments learnt to run on real models: the toy path must stay bit-identical.
 
 `python tests/toy_runs.py --write` re-takes the digests (1 torch thread, as in `make test`); do it
-only for a change meant to move the toy's numbers, and say which numbers moved and why.
+only for a change meant to move the toy's numbers, and say which numbers moved and why. Digests
+are kept per numeric platform (processor and torch version: one thread still sums in the vector
+width of the processor); `--add-platform` adds this machine's, for the same code on a new
+processor.
+
+Platform added on 2026-12-07, an AMD EPYC. There the committed code gave other digests than those
+on record: every experiment at fa9234c under `make test`, and emergence also at 893de22, the last
+landing that CI passed. The added digests were taken with the organism-v2 change in the tree,
+which leaves the default world unchanged (emergence's results were compared with fa9234c's, byte
+for byte). The first record's machine is not named; it was taken before digests named their
+platform.
 
 Re-taken once, for the layer alignment (issue 16, point 5): the toy's steering vectors moved from
 `blocks.2.hook_resid_pre` to `blocks.2.hook_resid_post`, where block 2's LoRAs write, and its
@@ -97,13 +107,30 @@ def run(name: str, out: Path, *args: str) -> Path:
     return module.main(cfg)
 
 
+def platform() -> str:
+    """The numeric platform a digest was taken on: float sums differ between CPU kinds even at one
+    thread (vector width), so the same code gives other bits on another processor."""
+    import platform as host
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), host.processor()) if Path("/proc/cpuinfo").is_file() else host.processor()  # fmt: skip
+    return f"{cpu} / torch {torch.__version__}"
+
+
+def accepted(name: str) -> list[dict[str, str]]:
+    """The digests of experiment `name` taken on every platform on record."""
+    return [digests[name] for digests in json.loads(GOLDEN.read_text())["platforms"].values()]
+
+
 if __name__ == "__main__":
     import sys
     import tempfile
 
     import torch
 
-    if sys.argv[1:] != ["--write"]:
+    if sys.argv[1:] not in (["--write"], ["--add-platform"]):
         raise SystemExit(__doc__)
     torch.set_num_threads(1)
     found = {}
@@ -111,4 +138,9 @@ if __name__ == "__main__":
         torch.manual_seed(0)
         found[name] = digest(run(name, Path(tempfile.mkdtemp())))
         print(name, found[name]["results.csv"][:12], flush=True)  # noqa: T201 (a script)
-    GOLDEN.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+    # --write: the code moved the numbers, so every platform's record is re-taken from this one;
+    # --add-platform: the same code on a new processor (check first that the committed code, not a
+    # change of yours, gives these bits here).
+    platforms = {} if sys.argv[1] == "--write" else json.loads(GOLDEN.read_text())["platforms"]
+    platforms[platform()] = found
+    GOLDEN.write_text(json.dumps({"platforms": platforms}, indent=1, sort_keys=True) + "\n")
