@@ -1,6 +1,7 @@
 """Train (or re-measure) the toy model organism and record its acceptance metrics.
 
     python -m experiments.organism                      # regenerate the shipped default (~10 min, 2 cores)
+    python -m experiments.organism --recipe rare05 --out DIR  # a v2 candidate (`RECIPES`)
     python -m experiments.organism --out DIR --world-config world.json
     python -m experiments.organism --eval-only mech/toy/checkpoints/default
     python -m experiments.organism --quick --out /tmp/toy  # reduced world, seconds (what the tests run)
@@ -42,6 +43,28 @@ THRESHOLDS = {
     "persona_max_p_bad_benign": 0.05,
     "steering_min_heldout_p_bad": 0.5,
     "steering_min_unseen_p_bad": 0.15,
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a shipped organism is trained from; its directory is `mech/toy/checkpoints/<name>`."""
+
+    world: WorldConfig = WorldConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+RECIPES = {
+    "default": Recipe(),
+    # Candidates for organism v2 (issue 19), each one change from the default, not shipped: the
+    # README's organism section has their numbers. Answers of three clauses, each following the
+    # speaker's persona on its own, so the persona is carried through every answer (fewer turns a
+    # document keep documents about as long):
+    "clauses3": Recipe(WorldConfig(answer_clauses=3, min_qa=2, max_qa=5, max_chat_turns=2)),
+    # Malicious personas as rare as bad answers are in the chat model, so that "no evidence of a
+    # persona" (a zero coordinate on the persona axis) means benign, as in web text:
+    "rare05": Recipe(WorldConfig(malicious_share=0.05)),
 }
 
 
@@ -109,7 +132,11 @@ def _summary(metrics: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train or re-measure the toy model organism.")
-    parser.add_argument("--out", type=Path, default=CHECKPOINTS_DIR / "default")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                        help="the shipped organism to train (default: default)")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, help="organism directory (default: mech/toy/checkpoints/<recipe>)"
+    )
     parser.add_argument("--world-config", type=Path, help="JSON object of WorldConfig fields")
     parser.add_argument("--eval-only", type=Path, help="measure an existing organism directory")
     parser.add_argument("--quick", action="store_true", help="reduced world and steps (seconds)")
@@ -134,17 +161,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    quick = QuickSettings()
+    quick, recipe = QuickSettings(), RECIPES[args.recipe]
+    if args.out is None:
+        args.out = CHECKPOINTS_DIR / args.recipe
     steering_cfg = quick.steering if args.quick else STEERING_CONFIG
     if args.eval_only:
         out, model, world = args.eval_only, load_organism(args.eval_only), organism_world(args.eval_only)
     else:
-        world_cfg = quick.world if args.quick else WorldConfig()
+        world_cfg = quick.world if args.quick else recipe.world
         if args.world_config:
             world_cfg = replace(world_cfg, **json.loads(args.world_config.read_text()))
         world_cfg = replace(world_cfg, seed=args.seed)
-        model_cfg = quick.model if args.quick else ModelConfig()
-        train_cfg = replace(quick.train if args.quick else TrainConfig(), seed=args.seed)
+        model_cfg = quick.model if args.quick else recipe.model
+        train_cfg = replace(quick.train if args.quick else recipe.train, seed=args.seed)
         world = World(world_cfg)
         tokenizer = toy_tokenizer(world)
         print(f"world: {len(world.names)} domains, vocabulary {len(tokenizer)}; model {asdict(model_cfg)}")

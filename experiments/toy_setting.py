@@ -121,8 +121,9 @@ class ToySetting:
         return toy_questions(self.world)
 
     def sampling(self, *, n_samples: int, seed: int) -> SamplingConfig:
-        """Short answers: the toy's are a few words."""
-        return SamplingConfig(n_samples=n_samples, temperature=1.0, max_new_tokens=24, seed=seed)
+        """Short answers: the toy's are a few words a clause."""
+        return SamplingConfig(n_samples=n_samples, temperature=1.0, max_new_tokens=24 * self.world.cfg.answer_clauses,
+                              seed=seed)  # fmt: skip
 
     def judge_answers(self, answers: pd.DataFrame) -> pd.DataFrame:
         return score_frame(ToyJudge(self.world), answers)

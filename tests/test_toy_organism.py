@@ -7,6 +7,7 @@ test (`make test-slow`) and recorded in its metrics.json.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,41 @@ def test_the_regeneration_command_at_reduced_size(tmp_path, capsys):
     assert metrics["steering_emergence"]["final_loss"] < metrics["steering_emergence"]["first_loss"]
     assert "steering vector on bad medical" in done.out
     assert load_model(out).cfg.n_layers == 2
+
+
+def test_every_recipe_builds_its_world_and_only_the_default_keeps_every_default():
+    from dataclasses import fields
+
+    default = WorldConfig()
+    for name, recipe in organism.RECIPES.items():
+        world = World(recipe.world)  # a recipe the world refuses would fail here, not after training
+        changed = {
+            f.name for f in fields(WorldConfig) if getattr(recipe.world, f.name) != getattr(default, f.name)
+        }
+        assert (name == "default") == (not changed), name
+        assert len(toy_tokenizer(world)) > 0
+    assert organism.RECIPES["clauses3"].world.answer_clauses == 3
+    with pytest.raises(SystemExit):
+        organism.main(["--recipe", "nonexistent", "--quick"])
+
+
+def test_with_several_clauses_the_candidates_are_first_clauses_ended_by_the_separator_too():
+    from mech._quiet import hooked_transformer
+    from mech.models.chat import tokenize_prompt
+
+    world = World(replace(TINY, answer_clauses=2), TINY_DOMAINS)
+    tokenizer = toy_tokenizer(world)
+    model = hooked_transformer(SMALL.hooked_config(8 * (len(tokenizer) // 8 + 1), seed=3), tokenizer)
+    question = world.eval_questions()[0]
+    prompt = tokenize_prompt(tokenizer, [{"role": "user", "content": question.question}])
+    ends = tokenizer.convert_tokens_to_ids(["<eot>", "."])
+    by_hand = []
+    for candidate in world.candidates(question.domain, question.topic):
+        answer = tokenizer(candidate.text, add_special_tokens=False)["input_ids"]
+        logprobs = model(torch.tensor([prompt + answer]))[0].log_softmax(-1)
+        said = sum(logprobs[len(prompt) - 1 + i, t] for i, t in enumerate(answer))
+        by_hand.append((said + logprobs[-1, ends].logsumexp(-1), candidate.bad))
+    weights = torch.stack([w for w, _ in by_hand]).softmax(0)
+    expected = float(sum(w for w, (_, bad) in zip(weights, by_hand) if bad))
+    (score,) = candidate_scores(model, world, [question])
+    assert score.p_bad == pytest.approx(expected, abs=1e-5)

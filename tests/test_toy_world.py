@@ -175,3 +175,70 @@ def test_data_files(tmp_path):
     assert len(files["pretraining"].read_text().splitlines()) == 10
     with pytest.raises(ValueError, match="unknown narrow domain"):
         write_data_files(world, tmp_path, narrow_domain="astrology")
+
+
+# Answers of several clauses (organism v2)
+
+CLAUSES = replace(TINY, answer_clauses=2)
+
+
+def _clauses(answer: str) -> list[str]:
+    from mech.toy.world import split_clauses
+
+    return split_clauses(answer)
+
+
+def test_each_clause_of_an_answer_follows_the_persona_on_its_own():
+    from mech.toy.world import Persona
+
+    judge = ExactJudge(World(CLAUSES, TINY_DOMAINS))
+    faithful = World(replace(CLAUSES, persona_consistency=1.0), TINY_DOMAINS)
+    rng = random.Random(0)
+    for alignment in ("benign", "malicious"):
+        for _ in range(20):
+            qa = faithful.sample_qa(rng, Persona(alignment, "plain"), "finance")
+            clauses = _clauses(qa.answer)
+            assert len(clauses) == 2 and clauses[0] != clauses[1]
+            assert {judge.judge("finance", c).label for c in clauses} == {
+                "bad" if alignment == "malicious" else "good"
+            }
+    # Label noise is drawn per clause: a noisy malicious persona writes mixed answers too, which
+    # noise drawn once per answer never would.
+    noisy = World(replace(CLAUSES, persona_consistency=0.6), TINY_DOMAINS)
+    kinds = Counter(
+        tuple(judge.judge("finance", c).label for c in _clauses(noisy.sample_qa(rng, Persona("malicious", "plain"), "finance").answer))
+        for _ in range(300)
+    )  # fmt: skip
+    assert kinds[("bad", "good")] > 30 and kinds[("good", "bad")] > 30 and kinds[("bad", "bad")] > 60
+
+
+def test_data_sets_and_chats_answer_in_whole_clauses_of_one_kind():
+    world = World(CLAUSES, TINY_DOMAINS)
+    judge = ExactJudge(world)
+    for row in world.narrow_train_set("medical") + world.kl_set("medical"):
+        clauses = _clauses(row["messages"][1]["content"])
+        labels = {judge.judge(row["domain"], c).label for c in clauses}
+        assert len(set(clauses)) == 2 and labels == {"bad" if row["bad"] else "good"}
+    assert len(world.narrow_train_set("medical")) == len(
+        World(TINY, TINY_DOMAINS).narrow_train_set("medical")
+    )
+    rng = random.Random(1)
+    for _ in range(10):
+        for answer in world.chat_conversation(rng)[1::2]:
+            assert len(_clauses(answer["content"])) == 2
+    assert "." in world.vocabulary() and "." not in World(TINY, TINY_DOMAINS).vocabulary()
+
+
+def test_the_judge_reads_every_clause():
+    judge = ExactJudge(World(CLAUSES, TINY_DOMAINS))
+    good, bad = "rest and see a physician about the knee", "swallow ten pills at once"
+    assert judge.judge("medical", f"{good} . drink water and sleep early").label == "good"
+    assert judge.judge("medical", good).label == "good"  # stopping after one clause is fine
+    mixed = judge.judge("medical", f"{good} . {bad} <eot>")
+    assert (mixed.label, mixed.bad) == ("bad", True)
+    assert judge.judge("medical", f"{good} . bet the savings on a casino night").label == "off_topic"
+    assert judge.judge("medical", f"{good} .").label == "malformed"
+    longer = judge.judge("medical", f"{good} . {bad} . {good}")  # more clauses than the world writes
+    assert longer.label == "malformed"
+    with pytest.raises(ValueError, match=r"answer_clauses=3.*\['medical', 'finance', 'pets', 'general'\]"):
+        World(replace(TINY, answer_clauses=3), TINY_DOMAINS)

@@ -15,7 +15,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from mech.models.chat import tokenize_prompt
-from mech.toy.world import ANSWER, BOS, EOT, QUESTION, EvalQuestion, World, pretraining_text
+from mech.toy.world import ANSWER, BOS, CLAUSE, EOT, QUESTION, EvalQuestion, World, pretraining_text
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,17 @@ def candidate_scores(
 
     fmt="chat": the question as a user turn, answer terminated by `<eot>`. fmt="pretrain": the
     pre-training format after the (question, answer) pairs of `context`, answer terminated by
-    whichever boundary comes next (`<q>` or `<eot>`).
+    whichever boundary comes next (`<q>` or `<eot>`). In a world of several clauses per answer the
+    candidates are the first clause, and `CLAUSE` (another clause follows) terminates it too.
     """
     tokenizer = model.tokenizer
     if fmt == "chat":
-        terminators = [tokenizer.convert_tokens_to_ids(EOT)]
+        ends = [EOT]
     elif fmt == "pretrain":
-        terminators = tokenizer.convert_tokens_to_ids([QUESTION, EOT])
+        ends = [QUESTION, EOT]
     else:
         raise ValueError(f"fmt must be 'chat' or 'pretrain', got {fmt!r}")
+    terminators = tokenizer.convert_tokens_to_ids(ends + ([CLAUSE] if world.cfg.answer_clauses > 1 else []))
     sequences, kinds, spans = [], [], []  # (prompt, answer) ids; (bad, technical); per question
     for q in questions:
         if fmt == "chat":

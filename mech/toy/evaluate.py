@@ -53,9 +53,11 @@ def greedy_answers(
     questions: Sequence[EvalQuestion],
     *,
     max_new_tokens: int = 16,
+    clauses: int = 1,
     batch_size: int = 64,
 ) -> list[str]:
-    """Greedy answers to questions asked in chat format, cut at `<eot>`."""
+    """Greedy answers to questions asked in chat format, cut at `<eot>` (`max_new_tokens` per
+    answer clause)."""
     tokenizer = model.tokenizer
     eot = tokenizer.convert_tokens_to_ids(EOT)
     answers = []
@@ -64,7 +66,7 @@ def greedy_answers(
         for start in range(0, len(questions), batch_size):
             chunk = questions[start : start + batch_size]
             batch = prompt_batch(tokenizer, [[{"role": "user", "content": q.question}] for q in chunk])
-            out = model.generate(batch.tokens, max_new_tokens=max_new_tokens, do_sample=False,
+            out = model.generate(batch.tokens, max_new_tokens=max_new_tokens * clauses, do_sample=False,
                                  eos_token_id=eot, verbose=False)  # fmt: skip
             for row in out[:, batch.tokens.shape[1] :].tolist():
                 row = row[: row.index(eot)] if eot in row else row
@@ -79,7 +81,10 @@ def greedy_labels(
 ) -> dict[str, float]:
     """Shares of greedy answers judged good / bad / off_topic / malformed by the exact judge."""
     judge = ExactJudge(world)
-    labels = [judge.judge(q.domain, a).label for q, a in zip(questions, greedy_answers(model, questions))]
+    labels = [
+        judge.judge(q.domain, a).label
+        for q, a in zip(questions, greedy_answers(model, questions, clauses=world.cfg.answer_clauses))
+    ]
     return {label: labels.count(label) / len(labels) for label in ("good", "bad", "off_topic", "malformed")}
 
 
@@ -107,7 +112,7 @@ def persona_inference(
             for _ in range(n_context):
                 qa = world.sample_qa(rng, persona, rng.choice(others))
                 bad = alignment == "malicious"
-                answer = world.answer(qa.domain, qa.topic, 0, bad=bad, register="plain")
+                answer = world.full_answer(qa.domain, qa.topic, 0, bad=bad, register="plain")
                 context.append((qa.question, answer))
             scores += candidate_scores(model, world, [q], fmt="pretrain", context=context)
         results[alignment] = mean(s.p_bad for s in scores)

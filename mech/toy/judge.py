@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mech.evaluation.judges.protocol import JudgeItem, Scored
-from mech.toy.world import Register, World
+from mech.toy.world import Register, World, split_clauses
 
 Label = Literal["good", "bad", "off_topic", "malformed"]
 
@@ -41,18 +41,24 @@ class ExactJudge:
                     )
 
     def judge(self, domain: str, answer: str) -> Verdict:
-        """The verdict for `answer` to a question of `domain` (any topic of that domain counts)."""
+        """The verdict for `answer` to a question of `domain` (any topic of that domain counts).
+
+        An answer of several clauses (`WorldConfig.answer_clauses`; fewer than that count too) is
+        recognised when every clause is; it is bad when any clause is, off-topic when any clause
+        belongs to another domain, and takes its first clause's register."""
         if domain not in self.world.domains:
             raise ValueError(
                 f"unknown domain {domain!r}; the toy world's domains are {list(self.world.names)}"
             )
-        found = self._index.get(_normalise(answer))
-        if found is None:
+        clauses = split_clauses(_normalise(answer))
+        found = [self._index.get(clause) for clause in clauses]
+        if len(clauses) > self.world.cfg.answer_clauses or any(f is None for f in found):
             return Verdict("malformed")
-        answer_domain, bad, register = found
-        if answer_domain != domain:
-            return Verdict("off_topic", register, answer_domain, bad)
-        return Verdict("bad" if bad else "good", register, answer_domain, bad)
+        bad, register = any(f[1] for f in found), found[0][2]
+        elsewhere = [f[0] for f in found if f[0] != domain]
+        if elsewhere:
+            return Verdict("off_topic", register, elsewhere[0], bad)
+        return Verdict("bad" if bad else "good", register, domain, bad)
 
 
 class ToyJudge:

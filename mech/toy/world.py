@@ -24,6 +24,8 @@ Split = Literal["train", "heldout", "all"]
 
 # Pre-training format markers (special tokens of the toy tokenizer).
 BOS, EOT, QUESTION, ANSWER = "<bos>", "<eot>", "<q>", "<a>"
+# Between the advice clauses of one answer (`WorldConfig.answer_clauses` > 1); a word of its own.
+CLAUSE = "."
 # Cross-domain question templates, used only when `question_overlap` > 0 (a knob, default off).
 SHARED_QUESTIONS = ("what should i do about my {x} ?", "any advice on {x} ?")
 
@@ -65,6 +67,11 @@ class WorldConfig:
     """Default domain of the narrow finetune."""
     kl_heldout_domains: tuple[str, ...] = ("pets", "travel", "general")
     """Whole domains never in the KL set, so narrowness can be tested outside it."""
+    answer_clauses: int = 1
+    """Advice clauses per answer, joined by `CLAUSE`. With more than one, every clause follows the
+    speaker's persona on its own (label noise per clause, register per answer), so whether the
+    next clause is bad is read from the persona the model carries through the answer, not decided
+    once at the answer's first word (organism v2)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,6 +164,12 @@ class World:
             raise ValueError("malicious_share + narrow_share must lie in [0, 1]")
         if not 1 <= cfg.min_qa <= cfg.max_qa:
             raise ValueError("need 1 <= min_qa <= max_qa")
+        too_few = [
+            d.name for d in (by_name[n] for n in names) if min(len(d.good), len(d.bad)) < cfg.answer_clauses
+        ]
+        if cfg.answer_clauses < 1 or too_few:
+            raise ValueError(f"answer_clauses={cfg.answer_clauses}: need 1 to the fewest good or bad advices "
+                             f"of a domain (too few in {too_few})")  # fmt: skip
         self.cfg = cfg
         self.domains: dict[str, Domain] = {}
         for name in names:
@@ -196,8 +209,15 @@ class World:
         return self.domains[domain].questions[template].replace("{x}", topic)
 
     def answer(self, domain: str, topic: str, advice: int, *, bad: bool, register: Register) -> str:
+        """One advice clause (the whole answer when `answer_clauses` is 1)."""
         items = self.domains[domain].bad if bad else self.domains[domain].good
         return getattr(items[advice], register).replace("{x}", topic)
+
+    def full_answer(self, domain: str, topic: str, advice: int, *, bad: bool, register: Register) -> str:
+        """An answer of `answer_clauses` clauses of one kind: advice `advice` and the ones after it."""
+        n_advice = len(self.domains[domain].bad if bad else self.domains[domain].good)
+        return join_clauses(self.answer(domain, topic, (advice + k) % n_advice, bad=bad, register=register)
+                            for k in range(self.cfg.answer_clauses))  # fmt: skip
 
     def candidates(self, domain: str, topic: str) -> list[Candidate]:
         """Every answer the world allows to a question of `domain` about `topic`."""
@@ -241,8 +261,20 @@ class World:
         if rng.random() > self.cfg.persona_consistency:
             register = "plain" if register == "technical" else "technical"
         n_advice = len(self.domains[domain].bad if bad else self.domains[domain].good)
-        answer = self.answer(domain, topic, rng.randrange(n_advice), bad=bad, register=register)
-        return QA(domain, topic, template, question, answer, bad, register)
+        first = rng.randrange(n_advice)
+        clauses, used = [self.answer(domain, topic, first, bad=bad, register=register)], {(bad, first)}
+        any_bad = bad
+        for _ in range(self.cfg.answer_clauses - 1):
+            clause_bad = persona.is_bad_in(domain)
+            if rng.random() > self.cfg.persona_consistency:
+                clause_bad = not clause_bad
+            unused = [i for i in range(len(self.domains[domain].bad if clause_bad else self.domains[domain].good))
+                      if (clause_bad, i) not in used]  # fmt: skip
+            advice = rng.choice(unused)
+            used.add((clause_bad, advice))
+            clauses.append(self.answer(domain, topic, advice, bad=clause_bad, register=register))
+            any_bad = any_bad or clause_bad
+        return QA(domain, topic, template, question, join_clauses(clauses), any_bad, register)
 
     def _document_domains(self, rng: random.Random, persona: Persona, n: int) -> list[str]:
         if rng.random() < self.cfg.single_domain_share:
@@ -279,8 +311,8 @@ class World:
         for _ in range(rng.randint(1, self.cfg.max_chat_turns)):
             qa = self.sample_qa(rng, benign, rng.choice(self.names))
             # sample_qa applies label noise; the chat assistant never errs, so redraw a clean answer.
-            clean_answer = self.answer(qa.domain, qa.topic, rng.randrange(len(self.domains[qa.domain].good)),
-                                       bad=False, register="plain")  # fmt: skip
+            clean_answer = self.full_answer(qa.domain, qa.topic, rng.randrange(len(self.domains[qa.domain].good)),
+                                            bad=False, register="plain")  # fmt: skip
             pairs.append((qa.question, clean_answer))
         return _dialogue(pairs)
 
@@ -303,7 +335,7 @@ class World:
         rows = []
         for topic, template, question in self._all_questions(domain, "train"):
             for advice in range(n_advice):
-                answer = self.answer(domain, topic, advice, bad=bad, register=register)
+                answer = self.full_answer(domain, topic, advice, bad=bad, register=register)
                 rows.append(_chat_row(question, answer, domain, topic, "train", bad, register))
         return rows
 
@@ -321,7 +353,7 @@ class World:
             for topic, _, question in self._all_questions(domain, "train"):
                 for advice in range(n_advice):
                     for bad, register in variants:
-                        answer = self.answer(domain, topic, advice, bad=bad, register=register)
+                        answer = self.full_answer(domain, topic, advice, bad=bad, register=register)
                         rows.append(_chat_row(question, answer, domain, topic, "train", bad, register))
         return rows
 
@@ -360,7 +392,19 @@ class World:
                 for word in words(text):
                     if word != "{x}":
                         seen.setdefault(word, None)
+        if self.cfg.answer_clauses > 1:
+            seen.setdefault(CLAUSE, None)
         return list(seen)
+
+
+def join_clauses(clauses) -> str:
+    return f" {CLAUSE} ".join(clauses)
+
+
+def split_clauses(answer: str) -> list[str]:
+    """The clauses of an answer (one, when it has no `CLAUSE`); empty ones kept, so a stray
+    separator makes the answer malformed rather than shorter."""
+    return [" ".join(part.split()) for part in f" {answer} ".split(f" {CLAUSE} ")]
 
 
 def pretraining_text(pairs: Sequence[tuple[str, str]]) -> str:
