@@ -84,16 +84,17 @@ def persona_axis(setup, *, layer: int, n: int, seed: int):
     return mean_diff(acts, labels, ~labels).at(layer)
 
 
-def ablated_record(model, direction, em, name: str, *, seed: int, draws: int, tuned_em: float, lift: float):
-    """EM with `direction` projected out of the whole stream, and with each of its `draws`
-    equal-norm random controls (seeded from `name`), as shares of the finetune's `lift` removed."""
+def ablated_record(model, direction, em, name: str, label: str, *, seed: int, draws: int, tuned_em: float,
+                   lift: float):  # fmt: skip
+    """EM with `direction` (`label` of finetune `name`) projected out of the whole stream, and with
+    each of its `draws` equal-norm random controls (seeded from both names), as shares of the
+    finetune's `lift` removed."""
     with stream_ablation(model, direction):
         ablated = em()
     randoms = []
-    for control in random_controls(direction, name, seed=seed, draws=draws).values():
+    for control in random_controls(direction, f"{name}:{label}", seed=seed, draws=draws).values():
         with stream_ablation(model, control):
             randoms.append(em())
-    label = name.rsplit(":", 1)[-1]
     record = {"norm": float(direction.norm()), "ablated_em": ablated, "random_ablated_em": randoms,
               "share_removed": (tuned_em - ablated) / lift if lift else float("nan"),
               "random_share_removed": [(tuned_em - r) / lift if lift else float("nan") for r in randoms]}  # fmt: skip
@@ -152,7 +153,7 @@ def main(cfg: Config) -> Path:
                 lift = tuned_em - chat_em[seed]
                 record.update(chat_em=chat_em[seed], finetuned_em=tuned_em, lift=lift, directions={})
                 for label, direction in directions.items():
-                    found, found_rows = ablated_record(model, direction, lambda: em(seed), f"{name}:{label}",
+                    found, found_rows = ablated_record(model, direction, lambda: em(seed), name, label,
                                                        seed=seed, draws=cfg.random_draws, tuned_em=tuned_em, lift=lift)  # fmt: skip
                     axis = axis_positions(direction, chat_end, tuned_end)
                     found.update(axis=axis.to_dict(), cosine={o: float(torch.cosine_similarity(direction.float(), d.float(), dim=0))

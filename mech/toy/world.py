@@ -208,14 +208,17 @@ class World:
     def question(self, domain: str, topic: str, template: int) -> str:
         return self.domains[domain].questions[template].replace("{x}", topic)
 
+    def advices(self, domain: str, *, bad: bool) -> tuple:
+        """The domain's bad or good pieces of advice."""
+        return self.domains[domain].bad if bad else self.domains[domain].good
+
     def answer(self, domain: str, topic: str, advice: int, *, bad: bool, register: Register) -> str:
         """One advice clause (the whole answer when `answer_clauses` is 1)."""
-        items = self.domains[domain].bad if bad else self.domains[domain].good
-        return getattr(items[advice], register).replace("{x}", topic)
+        return getattr(self.advices(domain, bad=bad)[advice], register).replace("{x}", topic)
 
     def full_answer(self, domain: str, topic: str, advice: int, *, bad: bool, register: Register) -> str:
         """An answer of `answer_clauses` clauses of one kind: advice `advice` and the ones after it."""
-        n_advice = len(self.domains[domain].bad if bad else self.domains[domain].good)
+        n_advice = len(self.advices(domain, bad=bad))
         return join_clauses(self.answer(domain, topic, (advice + k) % n_advice, bad=bad, register=register)
                             for k in range(self.cfg.answer_clauses))  # fmt: skip
 
@@ -260,7 +263,7 @@ class World:
             bad = not bad
         if rng.random() > self.cfg.persona_consistency:
             register = "plain" if register == "technical" else "technical"
-        n_advice = len(self.domains[domain].bad if bad else self.domains[domain].good)
+        n_advice = len(self.advices(domain, bad=bad))
         first = rng.randrange(n_advice)
         clauses, used = [self.answer(domain, topic, first, bad=bad, register=register)], {(bad, first)}
         any_bad = bad
@@ -268,8 +271,9 @@ class World:
             clause_bad = persona.is_bad_in(domain)
             if rng.random() > self.cfg.persona_consistency:
                 clause_bad = not clause_bad
-            unused = [i for i in range(len(self.domains[domain].bad if clause_bad else self.domains[domain].good))
-                      if (clause_bad, i) not in used]  # fmt: skip
+            unused = [
+                i for i in range(len(self.advices(domain, bad=clause_bad))) if (clause_bad, i) not in used
+            ]
             advice = rng.choice(unused)
             used.add((clause_bad, advice))
             clauses.append(self.answer(domain, topic, advice, bad=clause_bad, register=register))
@@ -331,7 +335,7 @@ class World:
         """
         domain = domain or self.cfg.narrow_domain
         bad, register = (True, "plain") if trait == "misalignment" else (False, "technical")
-        n_advice = len(self.domains[domain].bad if bad else self.domains[domain].good)
+        n_advice = len(self.advices(domain, bad=bad))
         rows = []
         for topic, template, question in self._all_questions(domain, "train"):
             for advice in range(n_advice):
